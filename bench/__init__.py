@@ -1,0 +1,1 @@
+"""segbench: one engine that trains and evaluates every model under the same protocol."""

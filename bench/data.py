@@ -1,0 +1,170 @@
+"""Reading the Synapse file layout (used by the built-in synthetic data too).
+
+Layout (as the official repositories preprocess it)::
+
+    train_npz/<case>_sliceNNN.npz        keys image (H x W float), label (H x W int)
+    test_vol_h5/<case>.npy.h5            datasets image, label (D x H x W)
+    lists/lists_Synapse/train.txt        one slice name per line
+    lists/lists_Synapse/test_vol.txt     one case name per line
+
+Randomness is derived from (seed, epoch, sample index), never from global RNG state, so a
+resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from scipy import ndimage
+
+from bench.errors import BenchError
+from bench.protocol import Augmentation
+
+LIST_DIR = Path("lists") / "lists_Synapse"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset on disk in the Synapse layout, with its name and class names."""
+
+    name: str
+    root: Path
+    train_slices: list[str]
+    test_cases: list[str]
+    organs: dict[int, str]
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.organs) + 1
+
+    def fingerprint(self) -> str:
+        """Short hash of the split lists: runs on different splits never look alike."""
+        h = hashlib.sha256("\n".join(self.train_slices + ["--"] + self.test_cases).encode())
+        return h.hexdigest()[:12]
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.exists():
+        raise BenchError(f"{path}: case list not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise BenchError(f"{path}: case list is empty")
+    return names
+
+
+def open_synapse(root: Path, name: str, organs: dict[int, str]) -> Dataset:
+    """Open a dataset in the Synapse layout; checks that every listed file exists."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchError(f"dataset folder not found: {root}")
+    train = _read_list(root / LIST_DIR / "train.txt")
+    test = _read_list(root / LIST_DIR / "test_vol.txt")
+    for s in train:
+        if not (root / "train_npz" / f"{s}.npz").exists():
+            raise BenchError(f"{root / 'train_npz' / (s + '.npz')}: listed in train.txt but missing")
+    for c in test:
+        if not (root / "test_vol_h5" / f"{c}.npy.h5").exists():
+            raise BenchError(f"{root / 'test_vol_h5' / (c + '.npy.h5')}: listed in test_vol.txt but missing")
+    return Dataset(name=name, root=root, train_slices=train, test_cases=test, organs=organs)
+
+
+def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+    path = ds.root / "train_npz" / f"{name}.npz"
+    try:
+        with np.load(path) as f:
+            return f["image"].astype(np.float32), f["label"].astype(np.int64)
+    except Exception as e:  # truncated zip, missing key...
+        raise BenchError(f"{path}: unreadable training slice ({e})") from None
+
+
+def load_volume(ds: Dataset, case: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
+    """Image, label (D x H x W) and spacing (z, y, x) in mm if the file records it."""
+    path = ds.root / "test_vol_h5" / f"{case}.npy.h5"
+    try:
+        with h5py.File(path, "r") as f:
+            image = f["image"][:].astype(np.float32)
+            label = f["label"][:].astype(np.int64)
+            spacing = tuple(float(s) for s in f.attrs["spacing"]) if "spacing" in f.attrs else None
+    except Exception as e:
+        raise BenchError(f"{path}: unreadable test volume ({e})") from None
+    return image, label, spacing
+
+
+def augment(image: np.ndarray, label: np.ndarray, aug: Augmentation, rng: np.random.Generator):
+    """The official RandomGenerator: rot90 + flip with p, else a small integer-angle rotation."""
+    if rng.random() < aug.rot_flip_p:
+        k = int(rng.integers(0, 4))
+        axis = int(rng.integers(0, 2))
+        image = np.flip(np.rot90(image, k), axis=axis)
+        label = np.flip(np.rot90(label, k), axis=axis)
+    elif rng.random() < aug.rotate_p:
+        angle = int(rng.integers(-aug.rotate_degrees, aug.rotate_degrees))
+        # order 0 for the image too, as the official code does
+        image = ndimage.rotate(image, angle, order=0, reshape=False)
+        label = ndimage.rotate(label, angle, order=0, reshape=False)
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image cubic, label nearest, to size x size (the official zoom)."""
+    h, w = image.shape
+    if (h, w) != (size, size):
+        image = ndimage.zoom(image, (size / h, size / w), order=3)
+        label = ndimage.zoom(label, (size / h, size / w), order=0)
+    return image.astype(np.float32), label
+
+
+class TrainSlices(torch.utils.data.Dataset):
+    """Training slices; an item is addressed by (epoch, index) so its augmentation is reproducible."""
+
+    def __init__(self, ds: Dataset, size: int, aug: Augmentation | None, seed: int, cache: bool = True):
+        self.ds, self.size, self.aug, self.seed = ds, size, aug, seed
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.ds.train_slices)
+
+    def _raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is None:
+            return load_slice(self.ds, self.ds.train_slices[index])
+        if index not in self._cache:
+            self._cache[index] = load_slice(self.ds, self.ds.train_slices[index])
+        return self._cache[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image, label = self._raw(index)
+        if self.aug is not None:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            image, label = augment(image, label, self.aug, rng)
+        image, label = resize_pair(image, label, self.size)
+        return torch.from_numpy(image)[None], torch.from_numpy(label.astype(np.int64))
+
+
+def batch_keys(n_items: int, batch_size: int, seed: int, iteration: int) -> list[tuple[int, int]]:
+    """The (epoch, index) keys of one iteration's batch: a fresh seeded permutation per epoch.
+
+    Like a shuffling DataLoader without drop_last: the last batch of an epoch may be short.
+    """
+    steps = -(-n_items // batch_size)
+    epoch, step = divmod(iteration, steps)
+    perm = np.random.default_rng([seed, epoch, 2**31]).permutation(n_items)
+    return [(epoch, int(i)) for i in perm[step * batch_size : (step + 1) * batch_size]]
+
+
+class IterationBatches(torch.utils.data.Sampler):
+    """Yields batches of keys for iterations start..stop-1 (so resuming starts mid-epoch)."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, start: int, stop: int):
+        self.n, self.bs, self.seed, self.start, self.stop = n_items, batch_size, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for it in range(self.start, self.stop):
+            yield batch_keys(self.n, self.bs, self.seed, it)

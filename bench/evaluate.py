@@ -1,0 +1,80 @@
+"""Scoring a trained model on a dataset's test volumes; rows in the long metrics format."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import Progress
+
+from bench.data import Dataset, load_volume
+from bench.infer import predict_volume
+from bench.metrics import evaluate_case
+from bench.protocol import Evaluation
+from bench.results import atomic_write
+
+METRICS = ("dice", "hd95", "asd", "nsd")
+PRED_DIR = "predictions"
+
+
+def save_prediction(run_dir: Path, case: str, pred: np.ndarray) -> None:
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez_compressed(f, pred=pred)
+
+    atomic_write(run_dir / PRED_DIR / f"{case}.npz", write)
+
+
+def load_prediction(run_dir: Path, case: str) -> np.ndarray:
+    with np.load(run_dir / PRED_DIR / f"{case}.npz") as f:
+        return f["pred"]
+
+
+def score_case(pred: np.ndarray, ref: np.ndarray, spacing, organs: dict[int, str], ev: Evaluation) -> pd.DataFrame:
+    """Long rows (case-less) for one volume: label, organ, metric, value, status, convention."""
+    wide = evaluate_case(pred, ref, organs, spacing=spacing, convention=ev.convention,
+                         nsd_tolerance_mm=ev.nsd_tolerance_mm)
+    long = wide.melt(id_vars=["label", "organ", "status"], value_vars=list(METRICS),
+                     var_name="metric", value_name="value")
+    long["convention"] = ev.convention
+    return long
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    ds: Dataset,
+    input_size: int,
+    ev: Evaluation,
+    device: torch.device,
+    run_dir: Path | None = None,
+    progress: Progress | None = None,
+    label: str = "evaluate",
+) -> pd.DataFrame:
+    """Predict every test volume (saving predictions under ``run_dir``) and score it."""
+    frames = []
+    task = progress.add_task(label, total=len(ds.test_cases), loss=float("nan"), lr=float("nan")) if progress else None
+    for case in ds.test_cases:
+        image, ref, spacing = load_volume(ds, case)
+        pred = predict_volume(model, image, input_size, ev.batch_size, ev.resize, device)
+        if run_dir is not None:
+            save_prediction(run_dir, case, pred)
+        rows = score_case(pred, ref, spacing, ds.organs, ev)
+        rows.insert(0, "case", case)
+        frames.append(rows)
+        if progress is not None:
+            progress.update(task, advance=1)
+    if progress is not None:
+        progress.remove_task(task)
+    return pd.concat(frames, ignore_index=True)
+
+
+def rescore(run_dir: Path, ds: Dataset, ev: Evaluation) -> pd.DataFrame:
+    """Score saved predictions again (e.g. under another convention) without the model."""
+    frames = []
+    for case in ds.test_cases:
+        _, ref, spacing = load_volume(ds, case)
+        rows = score_case(load_prediction(run_dir, case), ref, spacing, ds.organs, ev)
+        rows.insert(0, "case", case)
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)

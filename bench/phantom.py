@@ -1,0 +1,377 @@
+"""CT-like abdominal phantom: one synthetic scan in Hounsfield units with a Synapse label map.
+
+Why a phantom: the harness needs a dataset that ships with the code and is cheap on a CPU, yet asks
+a model what the real task asks. Organ intensities overlap each other and the background (as in
+contrast CT), so a per-organ intensity window scores poorly (see `bench.synth.intensity_oracle_dice`)
+and position, shape and texture have to be learned.
+
+Conventions: millimetres; radiological view, so x grows to the image right (the patient's left) and
+y to the image bottom (posterior); z grows towards the feet with z = 0 at the liver dome. Anatomy is
+written once for a canonical body. Each case draws its own body scale, rotation, shift and smooth
+warp, per-organ jitter of position, size, orientation, extent and outline, the contrast phase, and
+the noise, all from the Generator it is given.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+FOV_MM = 400.0  # in-plane field of view; the canonical body is 330 mm wide
+SPINE_Y = 55.0  # canonical centre of the vertebral bodies
+
+
+@dataclass(frozen=True)
+class Case:
+    hu: np.ndarray  # float32 D x H x W, Hounsfield units before any window
+    label: np.ndarray  # uint8 D x H x W, Synapse ids (bench.labels)
+    spacing: tuple[float, float, float]  # (z, y, x) in mm
+
+
+@dataclass
+class _Shape:
+    """A structure's level field (< 1 inside) and its normalised local coordinates."""
+
+    level: np.ndarray
+    u: np.ndarray  # along the first semi-axis, in units of it (0 outside the computed box)
+    v: np.ndarray
+
+
+class _Space:
+    """The case's voxel grid and its mapping into canonical anatomy coordinates."""
+
+    def __init__(self, rng: np.random.Generator, size: int, slice_mm: float):
+        self.rng = rng
+        dx = FOV_MM / size
+        top, bottom = rng.uniform(-35.0, -15.0), rng.uniform(215.0, 250.0)
+        depth = max(2, int(round((bottom - top) / slice_mm)))
+        self.shape = (depth, size, size)
+        self.spacing = (float(slice_mm), dx, dx)
+        self.pos = (top + (np.arange(depth) + 0.5) * slice_mm, (np.arange(size) - (size - 1) / 2) * dx)
+        # Pose of this patient in the scanner: anisotropic body size, a small tilt and off-centring.
+        sx, sy, sz = rng.uniform(0.88, 1.1), rng.uniform(0.85, 1.1), rng.uniform(0.92, 1.08)
+        ang = np.deg2rad(rng.uniform(-5.0, 5.0))
+        tx, ty = rng.normal(0.0, 8.0), rng.normal(0.0, 6.0)
+        yy, xx = np.meshgrid(self.pos[1] - ty, self.pos[1] - tx, indexing="ij")
+        u = (xx * np.cos(ang) + yy * np.sin(ang)) / sx
+        v = (-xx * np.sin(ang) + yy * np.cos(ang)) / sy
+        # A smooth warp makes organ outlines and relations differ beyond an affine change.
+        self.x = (u[None] + 7.0 * self.field(70.0)).astype(np.float32)
+        self.y = (v[None] + 7.0 * self.field(70.0)).astype(np.float32)
+        self.z = (self.pos[0] / sz).astype(np.float32)  # one canonical z per slice
+
+    def field(self, cell_mm: float) -> np.ndarray:
+        """Smooth random field of unit variance with correlation length ~cell_mm (all axes).
+
+        Built as Gaussian bumps on a coarse lattice, summed separably with three small matrices:
+        much cheaper than filtering white noise with a wide kernel.
+        """
+        mats = []
+        for p in (self.pos[0], self.pos[1], self.pos[1]):
+            knots = np.arange(p[0] - 2 * cell_mm, p[-1] + 2 * cell_mm + 1e-6, cell_mm)
+            w = np.exp(-0.5 * ((p[:, None] - knots[None, :]) / cell_mm) ** 2)
+            mats.append((w / np.sqrt((w**2).sum(1, keepdims=True))).astype(np.float32))
+        c = self.rng.standard_normal(tuple(m.shape[1] for m in mats), dtype=np.float32)
+        return np.einsum("ai,bj,ck,ijk->abc", *mats, c, optimize=True)
+
+    def texture(self, sigma_mm: float) -> np.ndarray:
+        """Fine random texture of unit variance: white noise blurred in-plane by sigma_mm."""
+        white = self.rng.standard_normal(self.shape, dtype=np.float32)
+        sig = sigma_mm / self.spacing[1]
+        t = ndimage.gaussian_filter(white, (0.0, sig, sig)) if sig > 0.3 else white
+        return t / (t.std() + 1e-6)
+
+    def box(self, sl: slice, x0, x1, y0, y1) -> tuple[slice, slice, slice] | None:
+        """The slab sl cut to the image rows and columns whose canonical (x, y) can fall in the
+        given ranges (arrays broadcast per slice), or None; work outside it would be wasted."""
+        near = (self.x[sl] > x0) & (self.x[sl] < x1) & (self.y[sl] > y0) & (self.y[sl] < y1)
+        rows, cols = np.flatnonzero(near.any(axis=(0, 2))), np.flatnonzero(near.any(axis=(0, 1)))
+        if rows.size == 0:
+            return None
+        return sl, slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+    def zslab(self, z0: float, z1: float) -> slice:
+        k = np.flatnonzero((self.z >= z0) & (self.z <= z1))
+        return slice(int(k[0]), int(k[-1]) + 1) if k.size else slice(0, 0)
+
+
+def _blob(sp: _Space, z: tuple[float, float], c0, c1, radii, angle: float, *, peak: float = 0.5,
+          power: float = 0.5, harm: float = 0.12, jitter: float = 1.0) -> _Shape:
+    """An organ-like blob: elliptic sections that grow and shrink along z (peak, power) and whose
+    centre moves from c0 to c1, with a wavy outline (angular harmonics that drift along z) and
+    per-case jitter of extent, position, size and orientation."""
+    rng = sp.rng
+    z0, z1 = z[0] + jitter * rng.normal(0, 7), z[1] + jitter * rng.normal(0, 7)
+    # Python floats and float32 arrays only: a float64 scalar would upcast every slab array.
+    shift = (jitter * rng.normal(0, 6, 2)).tolist()
+    scale = (1 + jitter * rng.uniform(-0.15, 0.15, 2)).tolist()
+    ang = float(np.deg2rad(angle + jitter * rng.normal(0, 8)))
+    coef = (harm * rng.normal(0, 1, (4, 2)) / np.arange(2, 6)[:, None]).astype(np.float32)
+    phase = np.exp(1j * rng.uniform(0, 2 * np.pi, 4)).astype(np.complex64)
+    out = _Shape(np.full(sp.shape, np.inf, np.float32), np.zeros(sp.shape, np.float32),
+                 np.zeros(sp.shape, np.float32))
+    sl = sp.zslab(z0, z1)
+    if sl.stop == 0:
+        return out
+    t = np.clip((sp.z[sl] - z0) / (z1 - z0), 1e-3, 1 - 1e-3) ** (np.log(0.5) / np.log(peak))
+    t3 = t.astype(np.float32)[:, None, None]  # keep the whole slab in float32
+    prof = np.maximum((4 * t3 * (1 - t3)) ** power, 1e-3)
+    cx = c0[0] + (c1[0] - c0[0]) * t3 + shift[0]
+    cy = c0[1] + (c1[1] - c0[1]) * t3 + shift[1]
+    # Work only in the in-plane box that can hold the blob (with room for the outline harmonics).
+    reach = 1.6 * max(radii) * max(scale)
+    box = sp.box(sl, cx - reach, cx + reach, cy - reach, cy + reach)
+    if box is None:
+        return out
+    dx, dy = sp.x[box] - cx, sp.y[box] - cy
+    ca, sa = math.cos(ang), math.sin(ang)
+    u = (dx * ca + dy * sa) / (radii[0] * scale[0] * prof)
+    v = (-dx * sa + dy * ca) / (radii[1] * scale[1] * prof)
+    rho = np.sqrt(u**2 + v**2)
+    # Outline harmonics k = 2..5 via powers of the unit phasor: cheaper than arctan2 and cosines.
+    w = (u + 1j * v) / (rho + 1e-6)
+    wk, bump = w, np.zeros_like(rho)
+    for i in range(4):
+        wk = wk * w
+        amp = (coef[i, 0] + (coef[i, 1] - coef[i, 0]) * t3) * phase[i]  # drifts from top to bottom
+        bump += (amp * wk).real
+    out.level[box], out.u[box], out.v[box] = rho / (1 + bump), u, v
+    return out
+
+
+def _tube(sp: _Space, pts, radii, jitter: float = 1.0, step_mm: float = 2.5) -> np.ndarray:
+    """Level field of a tube of varying radius along a 3D polyline (x, y, z per point).
+
+    Only valid below ~1.5 (each sample point only touches slices within 1.5 radii of it); that is
+    all the callers need, and it keeps the cost proportional to the tube's volume.
+    """
+    pts = np.asarray(pts, float) + jitter * sp.rng.normal(0, 4, (len(pts), 3))
+    radii = np.asarray(radii, float) * (1 + jitter * sp.rng.uniform(-0.12, 0.12))
+    seg = np.r_[0, np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))]
+    s = np.linspace(0, seg[-1], max(2, int(seg[-1] / step_mm) + 1))
+    p = np.stack([np.interp(s, seg, c) for c in (*pts.T, radii)], 1)
+    level = np.full(sp.shape, np.inf, np.float32)
+    (x0, y0), (x1, y1), r = p[:, :2].min(0), p[:, :2].max(0), p[:, 3].max()
+    box = sp.box(sp.zslab(p[:, 2].min() - 1.5 * r, p[:, 2].max() + 1.5 * r),
+                 x0 - 1.5 * r, x1 + 1.5 * r, y0 - 1.5 * r, y1 + 1.5 * r)
+    if box is None:
+        return level
+    x, y, z, lv = sp.x[box], sp.y[box], sp.z[box[0]], level[box]
+    for px, py, pz, pr in p.tolist():
+        k = np.flatnonzero(np.abs(z - pz) < 1.5 * pr)
+        if k.size:
+            ks = slice(k[0], k[-1] + 1)
+            d2 = (x[ks] - px) ** 2 + (y[ks] - py) ** 2 + (z[ks, None, None] - pz) ** 2
+            np.minimum(lv[ks], np.sqrt(d2) / pr, out=lv[ks])
+    return level
+
+
+def _column(sp: _Space, pts, radii) -> np.ndarray:
+    """Level field of a tube running along z: centre and semi-axes interpolated in z between
+    points (x, y, z) with radii (rx, ry); infinite outside their z range."""
+    pts, radii = np.asarray(pts, float), np.asarray(radii, float).reshape(len(pts), -1)
+    level = np.full(sp.shape, np.inf, np.float32)
+    sl = sp.zslab(pts[0, 2], pts[-1, 2])
+    if sl.stop == 0:
+        return level
+    cx, cy, rx, ry = (np.interp(sp.z[sl], pts[:, 2], c).astype(np.float32)[:, None, None]
+                      for c in (pts[:, 0], pts[:, 1], radii[:, 0], radii[:, -1]))
+    reach = 1.6 * max(rx.max(), ry.max())
+    box = sp.box(sl, cx - reach, cx + reach, cy - reach, cy + reach)
+    if box is not None:
+        level[box] = np.sqrt(((sp.x[box] - cx) / rx) ** 2 + ((sp.y[box] - cy) / ry) ** 2)
+    return level
+
+
+@dataclass(frozen=True)
+class _Contrast:
+    """This scan's contrast: overall enhancement and how arterial (vs portal venous) the phase is."""
+
+    enh: float
+    art: float
+
+    @property
+    def venous(self) -> float:
+        return self.enh * (1 - 0.4 * self.art)
+
+    @property
+    def artery(self) -> float:
+        return 60 + 190 * self.enh * (0.6 + 0.4 * self.art)
+
+
+class _Canvas:
+    """The HU and label volumes being painted; later strokes win."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        self.hu = np.full(shape, -1000.0, np.float32)
+        self.label = np.zeros(shape, np.uint8)
+
+    def paint(self, mask: np.ndarray, value, label: int | None = None) -> None:
+        np.copyto(self.hu, value, where=mask)  # one pass; boolean indexing would gather twice
+        if label is not None:
+            np.copyto(self.label, label, where=mask)
+
+
+def _spine_y(z: float) -> float:
+    return SPINE_Y - 8 * z / 230  # the lumbar lordosis brings the lower vertebrae forward
+
+
+def _vertical(x: float, dy: float, z0: float = -200.0, z1: float = 400.0) -> list:
+    """Polyline of a structure that follows the spine at offset (x, dy) from z0 to z1."""
+    return [(x, _spine_y(z0) + dy, z0), (x, _spine_y(z1) + dy, z1)]
+
+
+def _body(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid) -> np.ndarray:
+    """Skin, subcutaneous fat, muscle wall, ribs, bowel, colon, lung bases and heart; returns the
+    abdominal cavity mask that the organs are clipped to."""
+    rng, x, y, z3 = sp.rng, sp.x, sp.y, sp.z[:, None, None]
+    # A superellipse, rounder in front and flatter at the back.
+    back = y >= 0
+    pw = np.where(back, 3.0, 2.2)
+    body = ((np.abs(x) / 165.0) ** pw + (np.abs(y) / np.where(back, 105.0, 120.0)) ** pw) ** (1 / pw)
+    fat_mm = rng.uniform(10.0, 35.0)
+    wall_in, cavity_in = 1 - fat_mm / 140, 1 - (fat_mm + 10) / 140
+    cavity = body < cavity_in
+    cv.paint(body < 1, -105 + 12 * fine)
+    cv.paint((body < wall_in) & ~cavity, 50 + 10 * fine)
+    # Ribs: small bright sections in the wall that slant, so they move around the body along z.
+    ribs = (body > wall_in - 0.05) & (body < wall_in) & (z3 < 150 - 80 * (y < -30))
+    ribs &= np.cos(9 * np.arctan2(y, x) + z3 / 14 + rng.uniform(0, 6.3)) > 0.85
+    cv.paint(ribs & ~((np.abs(x) < 45) & (y < 0)), 350 + 80 * mid)
+    # Inside the wall: fat, then small-bowel loops in front of the spine below the upper abdomen.
+    cv.paint(cavity, -95 + 10 * mid)
+    loops = sp.field(10.0)
+    gut = cavity & (y < SPINE_Y - 25 + 15 * sp.field(40.0)) & (z3 > 30)
+    lumen = gut & (loops > 0.45)
+    cv.paint(gut & (loops > 0), 45 + 45 * con.venous + 10 * fine)  # bowel wall
+    cv.paint(lumen, 15 + 25 * mid + 8 * fine)  # chyme
+    cv.paint(lumen & (sp.texture(5.0) > 1.6), -900.0)  # gas bubbles
+    for pts, r in (([(-100, 15, 150), (-105, 5, 200), (-95, 0, 260)], 22),  # ascending colon
+                   ([(105, 25, 100), (110, 25, 170), (95, 10, 260)], 20)):  # descending colon
+        colon = (_column(sp, np.asarray(pts) + rng.normal(0, 5, 3), [r, r, r]) < 1) & cavity
+        cv.paint(colon, np.where(mid > 0.8, -950.0, -30 + 70 * mid))
+    transverse = _tube(sp, [(-95, -40, 130), (-40, -80, 118), (40, -80, 112), (95, -30, 100)], [20] * 4)
+    colon = (transverse < 1) & cavity
+    cv.paint(colon, np.where((mid > 0.8) | (y < -60), -950.0, -30 + 70 * mid))
+    # Lung bases and the heart above the domes of the diaphragm.
+    for side in (-1, 1):
+        lung = _blob(sp, (-90, 28), (side * 85, 20), (side * 90, 35), (62, 75), 0, peak=0.15, power=0.3)
+        cv.paint((lung.level < 1) & cavity, -860 + 30 * fine)
+    heart = _blob(sp, (-120, 5), (15, -40), (20, -30), (75, 60), -20, peak=0.2)
+    cv.paint((heart.level < 1) & cavity, 40 + 90 * con.enh + 10 * fine)
+    return cavity
+
+
+def _spine(sp: _Space, cv: _Canvas, fine, mid, cavity) -> None:
+    """Vertebrae with discs every ~34 mm, canal, arch and processes, back muscles and psoas."""
+    z3 = sp.z[:, None, None]
+    disc = np.broadcast_to((z3 + sp.rng.uniform(0, 34)) % 34 < 8, sp.shape)
+    muscle = 52 + 10 * fine
+    for s in (-1, 1):
+        cv.paint(_column(sp, _vertical(s * 32, 42), (26, 22)) < 1, muscle)  # erector spinae
+        cv.paint(_column(sp, _vertical(s * 68, 28, 120), (16, 9)) < 1, muscle)  # quadratus lumb.
+        psoas = _column(sp, _vertical(s * 36, 0, 105, 215) + _vertical(s * 36, 0, 400, 401)[:1],
+                        [0.1, 20, 20])
+        cv.paint((psoas < 1) & cavity, muscle)
+        cv.paint((_column(sp, _vertical(s * 30, 20), (14, 5)) < 1) & ~disc, 350 + 60 * mid)
+    arch = _column(sp, _vertical(0, 28), (14, 14))
+    cv.paint(arch < 1, 400 + 60 * mid)
+    cv.paint(arch < 8 / 14, 15 + 10 * fine)  # spinal canal
+    cv.paint(_column(sp, _vertical(0, 50), (5, 13)) < 1, 400 + 60 * mid)  # spinous process
+    body = _column(sp, _vertical(0, 0), (20, 17))
+    cv.paint(body < 1, np.where(disc, 85 + 10 * fine, 550 + 60 * fine))
+    cv.paint((body < 0.87) & ~disc, 200 + 45 * mid)  # cancellous bone inside the cortex
+
+
+def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
+    """The eight Synapse organs, plus the duodenum, in painting order (later ones win)."""
+    rng, y, z3 = sp.rng, sp.y, sp.z[:, None, None]
+    # Liver: right lobe plus a left lobe reaching across the midline in front of the stomach.
+    liver = np.minimum(
+        _blob(sp, (0, 165), (-70, -5), (-85, 10), (82, 92), 0, peak=0.3, power=0.45).level,
+        _blob(sp, (5, 95), (0, -65), (-10, -55), (62, 32), -10, peak=0.35).level)
+    vessels = (np.abs(sp.field(10.0)) < 0.12) & (np.abs(sp.field(14.0)) < 0.7)
+    parenchyma = 60 + 50 * con.venous + 8 * sp.field(25.0)
+    cv.paint((liver < 1) & cavity, np.where(vessels, 40 + 120 * con.venous, parenchyma) + 6 * fine, 5)
+    # Spleen: along the back wall; striped ("zebra") in the arterial phase.
+    sp_ = _blob(sp, (15, 115), (95, 45), (90, 30), (30, 58), 35, peak=0.45)
+    stripes = 30 * con.art * np.sin(6 * sp_.u + 2 * sp_.v)
+    cv.paint((sp_.level < 1) & cavity, 55 + 65 * con.enh + stripes + 6 * fine, 7)
+    # Stomach: enhancing wall; water, food or folds inside; gas in front above a fluid level.
+    st = _blob(sp, (15, 135), (60, -25), (-5, -50), (52, 42), -35, peak=0.3, power=0.4)
+    m = (st.level < 1) & cavity
+    inner = (10 + 5 * fine, 35 + 30 * mid, np.where(np.sin(9 * st.u + 3 * mid) > 0, 70.0, -10.0))
+    cv.paint(m, np.where(st.level > 0.87, 45 + 50 * con.venous + 8 * fine, inner[rng.choice(3)]), 8)
+    lumen = m & (st.level < 0.87)
+    top = np.where(lumen, y, np.inf).min(axis=(1, 2), keepdims=True)
+    bottom = np.where(lumen, y, -np.inf).max(axis=(1, 2), keepdims=True)
+    with np.errstate(invalid="ignore"):  # slices without stomach give inf - inf
+        cv.paint(lumen & (y < top + rng.uniform(0.0, 0.45) * (bottom - top)), -900.0)
+    duod = _tube(sp, [(-15, -25, 100), (-48, -12, 112), (-55, 15, 128), (-35, 32, 143), (0, 28, 150)],
+                 [12, 13, 13, 12, 11])
+    cv.paint((duod < 1) & cavity, np.where(duod > 0.7, 50 + 40 * con.venous, 20 + 25 * mid), 0)
+    # Pancreas: a lobulated band from the splenic hilum (tail, higher) to the duodenum (head).
+    panc = _tube(sp, [(85, 25, 92), (55, 12, 97), (22, -2, 103), (-5, -10, 110), (-28, 2, 120),
+                      (-18, 18, 133)], [9, 11, 12, 12, 16, 11])
+    fatty = rng.uniform(0.6, 1.4)  # fat between the lobules, more in older patients
+    lobules = np.where(fine > fatty, -40 + 20 * mid, 45 + 50 * con.venous + 8 * fine)
+    cv.paint((panc < 1) & cavity, lobules, 6)
+    gb = _blob(sp, (100, 155), (-38, -45), (-42, -60), (14, 22), 70, peak=0.45)
+    bile = np.where(gb.level > 0.85, 40 + 30 * con.venous, rng.uniform(0, 25) + 4 * fine)
+    cv.paint((gb.level < 1) & cavity, bile, 2)
+    # Kidneys: cortex, medullary pyramids, sinus fat and pelvis at the hilum facing forward-inward.
+    for organ, side, zr in ((3, 1, (85, 195)), (4, -1, (100, 210))):
+        k = _blob(sp, zr, (side * 70, 55), (side * 72, 60), (26, 32), 180 - side * 140, power=0.45,
+                  harm=0.08)
+        m = (k.level < 1) & cavity
+        pyramid = np.cos(7 * np.arctan2(k.v, k.u - 0.4)) > 0.1
+        cortex = 50 + 150 * con.enh
+        medulla = np.where(pyramid, 40 + (60 + 70 * (1 - con.art)) * con.enh, cortex)
+        val = np.where(k.level > 0.78, cortex, medulla) + 10 * fine
+        sinus = ((k.u - 0.45) ** 2 / 0.2 + k.v**2 / 0.1 < 1) & (np.abs(z3 - sum(zr) / 2) < 30)
+        cv.paint(m, np.where(sinus, np.where(mid > 0.5, 5.0, -60 + 20 * fine), val), organ)
+        cv.paint(m & sinus & (k.u > 0.8), -80 + 15 * fine, 0)  # the hilum opens to the outside
+    cv.paint(_column(sp, _vertical(10, -32 + rng.normal(0, 3), z1=_bif(sp)), (11, 11)) < 1,
+             con.artery + 10 * fine, 1)
+
+
+def _bif(sp: _Space) -> float:
+    """Level of the aortic bifurcation in this case (drawn once, cached on the space)."""
+    if not hasattr(sp, "bif"):
+        sp.bif = 205 + sp.rng.normal(0, 10)
+    return sp.bif
+
+
+def _vessels(sp: _Space, cv: _Canvas, con: _Contrast, fine) -> None:
+    """Unlabelled vessels that cut through organs, as they do in the real labels."""
+    bif = _bif(sp)
+    artery, portal = con.artery + 10 * fine, 50 + 130 * con.venous + 10 * fine
+    for s in (-1, 1):  # common iliac arteries below the bifurcation
+        iliac = [(10, _spine_y(bif) - 30, bif), (10 + s * 120, _spine_y(400) - 30, 400)]
+        cv.paint(_column(sp, iliac, (8, 8)) < 1, artery, 0)
+    ivc = 50 + 110 * con.enh * (1 - 0.6 * con.art)  # unenhanced blood mixes in early
+    cv.paint(_column(sp, _vertical(-24, -30), (13, 10)) < 1, ivc + 10 * fine, 0)
+    cv.paint(_tube(sp, [(-40, -5, 60), (-10, 2, 108), (-10, 8, 150), (-12, 5, 230)], [7, 7, 6, 5])
+             < 1, portal, 0)  # portal and superior mesenteric veins
+    cv.paint(_tube(sp, [(85, 37, 92), (55, 24, 97), (22, 10, 103), (-5, 2, 110)], [4.5] * 4) < 1,
+             portal, 0)  # splenic vein behind the pancreas
+    cv.paint(_column(sp, _vertical(8, -55, 100), (4, 4)) < 1, artery, 0)  # superior mesenteric a.
+
+
+def make_case(rng: np.random.Generator, size: int = 160, slice_mm: float = 5.0) -> Case:
+    """Draw one abdominal scan: HU volume, Synapse label volume and voxel spacing."""
+    sp = _Space(rng, size, slice_mm)
+    con = _Contrast(enh=rng.uniform(0.75, 1.25), art=rng.uniform(0.0, 1.0))
+    cv = _Canvas(sp.shape)
+    fine, mid = sp.texture(1.2), sp.texture(3.0)
+    cavity = _body(sp, cv, con, fine, mid)
+    _spine(sp, cv, fine, mid, cavity)
+    _organs(sp, cv, con, fine, mid, cavity)
+    _vessels(sp, cv, con, fine)
+    # The scanner: slight blur (partial volume), then correlated noise at this scan's dose.
+    hu = ndimage.gaussian_filter(cv.hu, (0, 0.6, 0.6))
+    noise = ndimage.gaussian_filter(rng.standard_normal(sp.shape, dtype=np.float32), (0, 0.7, 0.7))
+    hu += noise * (rng.uniform(10.0, 22.0) / noise.std())
+    return Case(hu.astype(np.float32), cv.label, sp.spacing)

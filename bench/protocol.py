@@ -1,0 +1,152 @@
+"""Protocols: the training and evaluation recipe shared by every model in a comparison.
+
+A protocol is a YAML file validated into a typed object. Unknown keys and wrong types are
+errors naming the file and the key. Its hash (over every field that can change a result) is
+stored with each run, so runs of different recipes are never pooled silently.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from bench.errors import BenchError
+
+PROTOCOL_DIR = Path(__file__).parent / "protocols"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Optimizer(_Strict):
+    name: Literal["sgd"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+class Loss(_Strict):
+    ce: float = 0.4
+    dice: float = 0.6
+
+
+class Augmentation(_Strict):
+    """The official RandomGenerator: rot90+flip with p, else a small rotation with p."""
+
+    rot_flip_p: float = 0.5
+    rotate_p: float = 0.5
+    rotate_degrees: int = 20
+
+
+class Evaluation(_Strict):
+    convention: Literal["synapse", "strict"] = "synapse"
+    resize: Literal["nearest-label", "bilinear-logits"] = "bilinear-logits"
+    batch_size: int = 24
+    nsd_tolerance_mm: float = 2.0
+
+
+class Protocol(_Strict):
+    name: str
+    description: str = ""
+    seeds: list[int] = [1234]
+    input_size: int = 224
+    batch_size: int = 24
+    base_lr: float = 0.05
+    # "official" reproduces Swin-Unet's hidden rule (scale by batch/24 when batch % 6 == 0).
+    lr_scaling: Literal["none", "linear", "official"] = "none"
+    poly_power: float = 0.9
+    epochs: int | None = None
+    iterations: int | None = None
+    optimizer: Optimizer = Optimizer()
+    loss: Loss = Loss()
+    augmentation: Augmentation = Augmentation()
+    evaluation: Evaluation = Evaluation()
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    divergence_loss: float = 1e4  # a loss above this (or NaN) stops the run as diverged
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "Protocol":
+        if (self.epochs is None) == (self.iterations is None):
+            raise ValueError("set exactly one of 'epochs' and 'iterations'")
+        for key in ("input_size", "batch_size", "checkpoint_every"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive")
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        return self
+
+    def max_iterations(self, n_train_slices: int) -> int:
+        """Iteration budget: given directly, or epochs x ceil(slices / batch) as the official code."""
+        if self.iterations is not None:
+            return self.iterations
+        return self.epochs * math.ceil(n_train_slices / self.batch_size)
+
+    def effective_lr(self) -> float:
+        """The base LR actually used, after the declared batch-size rule."""
+        if self.lr_scaling == "linear" or (
+            self.lr_scaling == "official" and self.batch_size != 24 and self.batch_size % 6 == 0
+        ):
+            return self.base_lr * self.batch_size / 24
+        return self.base_lr
+
+    def hash(self) -> str:
+        """Short sha256 over every field that can change a result (not name or description)."""
+        data = self.model_dump(exclude={"name", "description"})
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def override(self, **changes) -> "Protocol":
+        """A copy with command-line overrides applied (None values are ignored), re-validated."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if value is None:
+                continue
+            if key == "iterations":
+                data["epochs"] = None
+            data[key] = value
+        try:
+            return Protocol.model_validate(data)
+        except ValidationError as e:
+            raise BenchError(f"invalid override: {_first_error(e)}") from None
+
+
+def list_protocols() -> list[str]:
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"key '{key}': {err['msg']}"
+
+
+def load_protocol(name_or_path: str) -> Protocol:
+    """Load a shipped protocol by name (``cpu``) or any YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROTOCOL_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise BenchError(
+                f"unknown protocol '{name_or_path}'; shipped protocols: {', '.join(list_protocols())}"
+            )
+    if not path.exists():
+        raise BenchError(f"protocol file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BenchError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{path}: expected a mapping of protocol keys")
+    data.setdefault("name", path.stem)
+    try:
+        return Protocol.model_validate(data)
+    except ValidationError as e:
+        raise BenchError(f"{path}: {_first_error(e)}") from None

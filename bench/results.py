@@ -1,0 +1,132 @@
+"""The results store: run paths, atomic files, manifests and per-run locks.
+
+A run lives in ``<results>/<dataset>/<protocol>/<model>/seed<k>/``. Every file is written to
+a temporary name and renamed; a run counts as complete only when its manifest says so, and
+the manifest is written last.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.parquet"
+CHECKPOINT = "checkpoint.pt"
+FINAL_WEIGHTS = "model.pt"
+TRAIN_LOG = "train_log.csv"
+LOCK = ".lock"
+
+METRIC_COLUMNS = ["dataset", "protocol", "model", "seed", "case", "label", "organ", "metric", "value", "convention"]
+
+
+@dataclass(frozen=True)
+class RunId:
+    dataset: str
+    protocol: str
+    model: str
+    seed: int
+
+
+def run_path(results: Path, run: RunId) -> Path:
+    """The folder of one run; ``parse_run_path`` reads it back."""
+    return Path(results) / run.dataset / run.protocol / run.model / f"seed{run.seed}"
+
+
+def parse_run_path(path: Path) -> RunId:
+    path = Path(path)
+    if not path.name.startswith("seed") or not path.name[4:].lstrip("-").isdigit():
+        raise BenchError(f"{path}: not a run folder (expected .../<dataset>/<protocol>/<model>/seed<k>)")
+    return RunId(path.parents[2].name, path.parents[1].name, path.parent.name, int(path.name[4:]))
+
+
+def find_runs(results: Path) -> list[Path]:
+    """Every run folder under ``results`` that has a manifest (complete or not)."""
+    return sorted(p.parent for p in Path(results).glob(f"*/*/*/seed*/{MANIFEST}"))
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary sibling, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True, default=str)))
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # torn by something other than us; treat the run as incomplete
+
+
+def write_metrics(path: Path, df: pd.DataFrame) -> None:
+    atomic_write(path, lambda p: df.to_parquet(p, index=False))
+
+
+def read_metrics(run_dirs: list[Path]) -> pd.DataFrame:
+    """Long-format metrics of the given runs, concatenated."""
+    frames = [pd.read_parquet(Path(d) / METRICS) for d in run_dirs if (Path(d) / METRICS).exists()]
+    if not frames:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+class RunLocked(Exception):
+    """Another live process holds the run's lock."""
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Exclusive lock on one run folder, naming its holder (host and pid).
+
+    An OS lock (flock) on ``.lock``: the kernel releases it when the holder dies, however it
+    dies, so a stale lock can never block a run; the host and pid written into the file are
+    there to name the live holder in the error message.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / LOCK, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunLocked(f"{run_dir} is being run by {holder}") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"host {socket.gethostname()} pid {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        f.seek(0)
+        f.truncate()
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()

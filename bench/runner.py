@@ -1,0 +1,150 @@
+"""A sweep: every (model, seed) through the same protocol, one run folder each.
+
+A failure is a row, not a crash of the sweep: a run that raises or diverges is recorded in
+its manifest and the sweep goes on. Completed runs with the same settings are skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from bench import env
+from bench.data import Dataset
+from bench.evaluate import PRED_DIR, evaluate_model
+from bench.protocol import Protocol
+from bench.results import (
+    CHECKPOINT, MANIFEST, METRICS, TRAIN_LOG, RunId, RunLocked, read_manifest, run_lock, run_path,
+    write_json, write_metrics,
+)
+from bench.train import Diverged, Interrupted, seed_everything, train
+from models import create_model
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides one run's numbers."""
+
+    model: str
+    seed: int
+    lr: float
+    lr_source: str
+    weights: str | None = None
+    knobs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    run: RunId
+    path: Path
+    status: str  # complete | skipped | failed | diverged | interrupted | locked
+    message: str = ""
+
+
+def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
+    return {
+        "model": spec.model, "knobs": spec.knobs, "weights": spec.weights, "seed": spec.seed,
+        "lr": spec.lr, "lr_source": spec.lr_source,
+        "protocol": protocol.model_dump(), "protocol_name": protocol.name, "protocol_hash": protocol.hash(),
+        "dataset": {"name": ds.name, "root": str(ds.root), "fingerprint": ds.fingerprint(),
+                    "num_classes": ds.num_classes, "organs": ds.organs},
+        "convention": protocol.evaluation.convention,
+    }
+
+
+def config_key(config: dict) -> str:
+    """Hash of what decides the numbers (the data's location may move without changing them)."""
+    data = {k: v for k, v in config.items() if k != "dataset"} | {"data": config["dataset"]["fingerprint"]}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_conflict(run_dir: Path, key: str) -> str | None:
+    """A message if a *completed* run with other settings sits in this folder."""
+    m = read_manifest(run_dir)
+    if m and m.get("status") == "complete" and m.get("key") != key:
+        return (f"{run_dir} holds a completed run with different settings "
+                f"(protocol {m.get('protocol_hash')}, lr {m.get('lr')}); use --force to replace it "
+                f"or --results to write elsewhere")
+    return None
+
+
+def _clear(run_dir: Path) -> None:
+    for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", TRAIN_LOG):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / PRED_DIR, ignore_errors=True)
+
+
+def execute(
+    spec: RunSpec, protocol: Protocol, ds: Dataset, results: Path, device: torch.device,
+    force: bool = False, progress: Progress | None = None, say=print,
+) -> Outcome:
+    """Train and evaluate one run inside its lock; never raises except on interruption."""
+    run = RunId(ds.name, protocol.name, spec.model, spec.seed)
+    run_dir = run_path(results, run)
+    config = run_config(spec, protocol, ds)
+    key = config_key(config)
+    try:
+        lock = run_lock(run_dir)
+        lock.__enter__()
+    except RunLocked as e:
+        return Outcome(run, run_dir, "locked", str(e))
+    try:
+        old = read_manifest(run_dir)
+        if old and old.get("status") == "complete" and old.get("key") == key and not force:
+            return Outcome(run, run_dir, "skipped", "already complete")
+        if force or (old and old.get("key") != key):
+            _clear(run_dir)  # other settings: a checkpoint from them must not be resumed
+        return _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say) -> Outcome:
+    manifest = {
+        "status": "running", "key": key, "run": run.__dict__, **config,
+        "protocol_hash": protocol.hash(), "git": env.git_revision(), "packages": env.package_versions(),
+        **env.device_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(run_dir / MANIFEST, manifest)
+    t0 = time.perf_counter()
+    label = f"{spec.model} seed {spec.seed}"
+    try:
+        seed_everything(spec.seed)  # identical initial weights for the same seed
+        model = create_model(spec.model, num_classes=ds.num_classes, in_channels=1,
+                             img_size=protocol.input_size, weights=spec.weights, **spec.knobs)
+        manifest["parameters"] = sum(p.numel() for p in model.parameters())
+        manifest["pretrained"] = spec.weights is not None
+        result = train(model, ds, protocol, spec.seed, run_dir, spec.lr, device, progress, label, say)
+        manifest.update(iterations=result.iterations, resumed_from=result.resumed_from,
+                        train_seconds=round(result.seconds, 2),
+                        train_images_per_second=round(result.images_per_second, 2))
+        t_eval = time.perf_counter()
+        metrics = evaluate_model(model, ds, protocol.input_size, protocol.evaluation, device,
+                                 run_dir, progress, f"{label} eval")
+        for col, value in (("dataset", run.dataset), ("protocol", run.protocol), ("model", run.model),
+                           ("seed", run.seed), ("protocol_hash", protocol.hash())):
+            metrics.insert(0, col, value)
+        write_metrics(run_dir / METRICS, metrics)
+        manifest["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
+        status, message = "complete", ""
+    except Interrupted as e:
+        manifest.update(status="interrupted", error=str(e))
+        write_json(run_dir / MANIFEST, manifest)
+        raise
+    except Diverged as e:
+        status, message = "diverged", str(e)
+    except Exception as e:  # one model's failure must not end the sweep
+        status, message = "failed", f"{type(e).__name__}: {e}"
+        manifest["traceback"] = traceback.format_exc(limit=8)
+    manifest.update(status=status, error=message or None, wall_seconds=round(time.perf_counter() - t0, 2),
+                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    (run_dir / (CHECKPOINT + ".prev")).unlink(missing_ok=True)
+    write_json(run_dir / MANIFEST, manifest)  # last: only now does the run count as complete
+    return Outcome(run, run_dir, status, message)

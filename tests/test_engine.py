@@ -1,0 +1,114 @@
+"""Engine pieces: batch order, loss, inference modes, run paths, atomic files, locks."""
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import augment, batch_keys
+from bench.infer import predict_volume
+from bench.losses import combined_loss, dice_loss
+from bench.protocol import Augmentation
+from bench.results import RunId, RunLocked, atomic_write, parse_run_path, run_lock, run_path
+from bench.train import poly_lr
+
+
+def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_iteration():
+    n, bs = 23, 5
+    epoch0 = [k for it in range(5) for k in batch_keys(n, bs, seed=3, iteration=it)]
+    assert sorted(i for _, i in epoch0) == list(range(n))  # last batch of the epoch is short
+    assert {e for e, _ in epoch0} == {0}
+    assert batch_keys(n, bs, 3, 7) == batch_keys(n, bs, 3, 7)
+    assert batch_keys(n, bs, 3, 5) != batch_keys(n, bs, 4, 5)
+    assert batch_keys(n, bs, 3, 5)[0][0] == 1
+
+
+def test_augmentation_is_a_function_of_its_generator():
+    img = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    lab = (img > 0.5).astype(np.int64)
+    a = augment(img, lab, Augmentation(), np.random.default_rng([1, 2, 3]))
+    b = augment(img, lab, Augmentation(), np.random.default_rng([1, 2, 3]))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_poly_lr_schedule():
+    assert poly_lr(0.05, 0, 100, 0.9) == 0.05
+    assert poly_lr(0.05, 50, 100, 0.9) == pytest.approx(0.05 * 0.5**0.9)
+    assert poly_lr(0.05, 99, 100, 0.9) > 0
+
+
+def test_dice_loss_matches_the_official_formula():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    p = logits.softmax(1)
+    expected = []
+    for c in range(3):
+        g = (target == c).float()
+        expected.append(1 - (2 * (p[:, c] * g).sum() + 1e-5) / ((p[:, c] ** 2).sum() + (g**2).sum() + 1e-5))
+    assert dice_loss(logits, target).item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-6)
+    total, ce, dl = combined_loss(logits, target, 0.4, 0.6)
+    assert total.item() == pytest.approx(0.4 * ce.item() + 0.6 * dl.item(), rel=1e-6)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_batched_inference_equals_one_slice_per_forward_in_nearest_label_mode():
+    vol = np.random.default_rng(1).random((7, 40, 40)).astype(np.float32)
+    model = _Tiny()
+    batched = predict_volume(model, vol, 32, batch_size=4, resize="nearest-label")
+    single = np.stack([predict_volume(model, s, 32, batch_size=1, resize="nearest-label") for s in vol])
+    assert batched.shape == vol.shape and batched.dtype == np.uint8
+    assert np.array_equal(batched, single)
+    smooth = predict_volume(model, vol, 32, batch_size=3, resize="bilinear-logits")
+    assert smooth.shape == vol.shape
+
+
+def test_run_path_round_trip(tmp_path: Path):
+    run = RunId("synthetic", "cpu", "swinunet-skip0", 3)
+    assert parse_run_path(run_path(tmp_path, run)) == run
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path):
+    target = tmp_path / "a.json"
+    target.write_text("old")
+
+    def boom(p: Path):
+        p.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, boom)
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def _hold(run_dir, ready, release):
+    with run_lock(Path(run_dir)):
+        ready.set()
+        release.wait(10)
+
+
+def test_run_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_path: Path):
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
+    p.start()
+    assert ready.wait(10)
+    with pytest.raises(RunLocked, match=f"pid {p.pid}"):
+        with run_lock(tmp_path):
+            pass
+    p.kill()  # SIGKILL: no cleanup runs, the kernel still releases the lock
+    p.join()
+    with run_lock(tmp_path):
+        pass

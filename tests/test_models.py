@@ -1,0 +1,142 @@
+"""Contract tests over every registered model, plus the architecture facts we must match.
+
+Models are built at a 64 x 64 input (a multiple of Swin-Unet's 32 and the U-Net's 16; at 32 the
+Swin bottleneck is one token, whose position bias gets no gradient) with 3 classes, and Swin-Unet
+variants at a narrow width (CONTRACT_KNOBS): the knob a variant stands for (skips, upsampling, depth)
+is kept, and the full-width structure and parameter counts are checked separately at the paper's size.
+"""
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+import torch
+import torch.nn as nn
+
+from models import create_model, list_models
+from models.swinunet import SwinUnet, resolve_window_size
+
+SIZE = 64
+NUM_CLASSES = 3
+# per-family overrides that keep the contract tests light on a shared CPU
+CONTRACT_KNOBS = {"swinunet*": dict(embed_dim=24, num_heads=(1, 2, 4, 8))}
+
+
+def _contract_knobs(name: str) -> dict:
+    return next((k for pattern, k in CONTRACT_KNOBS.items() if fnmatch.fnmatch(name, pattern)), {})
+
+
+@pytest.fixture(scope="module", params=list_models())
+def model(request) -> nn.Module:
+    # module scope: pytest groups the tests by model, so each model is built once
+    torch.manual_seed(0)
+    return create_model(request.param, num_classes=NUM_CLASSES, in_channels=1, img_size=SIZE,
+                        **_contract_knobs(request.param))
+
+
+def _input(batch: int = 2, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_output_shape_and_finite(model: nn.Module) -> None:
+    model.train()
+    out = model(_input())
+    assert out.shape == (2, NUM_CLASSES, SIZE, SIZE)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_every_parameter_gets_gradient(model: nn.Module) -> None:
+    # eval mode: stochastic depth may drop a whole block for a tiny batch, which would test luck
+    # rather than wiring; gradients flow the same way in eval mode
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    out = model(_input(batch=1))
+    (out * torch.randn_like(out)).sum().backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
+    assert not missing, f"parameters without gradient: {missing[:10]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, SIZE + 8, SIZE + 8), (1, 1, SIZE, SIZE + 8), (1, 3, SIZE, SIZE)])
+def test_bad_input_raises_clear_error(model: nn.Module, shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\d"):
+        model(torch.randn(*shape))
+
+
+def test_records_pretrained_source(model: nn.Module) -> None:
+    assert getattr(model, "pretrained_from", "missing") is None
+
+
+# --- the facts in shared/reference/synapse-protocol.md -------------------------------------------
+
+def _count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_swinunet_parameter_count() -> None:
+    assert _count(create_model("swinunet", num_classes=9, in_channels=1, img_size=224)) == 27_168_900
+
+
+def test_unet_parameter_count() -> None:
+    assert _count(create_model("unet", num_classes=9, in_channels=1)) == 24_898_953
+
+
+def test_swinunet_official_key_names() -> None:
+    keys = set(create_model("swinunet", img_size=64).state_dict())
+    for k in [
+        "patch_embed.proj.weight", "patch_embed.norm.bias",
+        "layers.0.blocks.1.attn.relative_position_bias_table", "layers.0.blocks.1.attn.qkv.weight",
+        "layers.2.blocks.0.mlp.fc2.bias", "layers.2.downsample.reduction.weight", "layers.2.downsample.norm.weight",
+        "layers_up.0.expand.weight", "layers_up.0.norm.weight", "layers_up.1.blocks.1.norm2.weight",
+        "layers_up.2.upsample.expand.weight", "concat_back_dim.3.weight", "norm.weight", "norm_up.weight",
+        "up.expand.weight", "up.norm.weight", "output.weight",
+    ]:
+        assert k in keys, k
+    assert "layers.3.downsample.reduction.weight" not in keys and "layers_up.3.upsample.expand.weight" not in keys
+
+
+def test_swinunet_repeats_gray_to_rgb() -> None:
+    m = create_model("swinunet-nano", img_size=SIZE)
+    assert m.patch_embed.proj.in_channels == 3
+    assert create_model("swinunet-nano", in_channels=2, img_size=SIZE).patch_embed.proj.in_channels == 2
+
+
+@pytest.mark.parametrize("img_size,window", [(224, 7), (128, 4), (96, 6), (160, 5), (256, 4)])
+def test_swinunet_window_is_chosen_for_the_input_size(img_size: int, window: int) -> None:
+    assert resolve_window_size((img_size, img_size), None, 4, 4) == window
+
+
+def test_swinunet_bad_sizes_raise() -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        create_model("swinunet-nano", img_size=100)
+    with pytest.raises(ValueError, match="windows that work"):
+        create_model("swinunet-nano", img_size=128, window_size=7)
+
+
+@pytest.mark.parametrize("n,fused", [(0, []), (1, [3]), (2, [2, 3]), (3, [1, 2, 3])])
+def test_swinunet_skip_connections_keep_shallowest_first(n: int, fused: list[int]) -> None:
+    m = create_model(f"swinunet-skip{n}", img_size=SIZE, embed_dim=24, num_heads=(1, 2, 4, 8))
+    linear = [i for i, layer in enumerate(m.concat_back_dim) if isinstance(layer, nn.Linear)]
+    assert linear == fused  # decoder stage 3 works at 1/4 scale, stage 1 at 1/16
+
+
+def test_swinunet_scale_presets() -> None:
+    # shallow/narrow overrides keep this cheap; each build checks the preset's other half
+    small = create_model("swinunet-small", img_size=SIZE, embed_dim=24, num_heads=(1, 2, 4, 8))
+    assert [len(s.blocks) for s in small.layers] == [2, 2, 18, 2] and len(small.layers_up[1].blocks) == 18
+    base = create_model("swinunet-base", img_size=SIZE, depths=(1, 1, 1, 1))
+    assert base.patch_embed.proj.out_channels == 128 and base.layers[3].blocks[0].attn.num_heads == 32
+    tiny = create_model("swinunet", img_size=SIZE, depths=(1, 1, 1, 1))
+    assert isinstance(tiny, SwinUnet) and tiny.patch_embed.proj.out_channels == 96
+
+
+def test_swinunet_knobs_override_variant_defaults() -> None:
+    m = create_model("swinunet-skip0", img_size=SIZE, skip_connections=2, embed_dim=24, depths=(1, 1, 1, 1),
+                     num_heads=(1, 2, 4, 8))
+    assert m.skip_connections == 2 and m.patch_embed.proj.out_channels == 24
+    with pytest.raises(ValueError, match="upsampling"):
+        create_model("swinunet-nano", img_size=SIZE, upsampling="nearest")
+    with pytest.raises(ValueError, match="scale"):
+        create_model("swinunet", img_size=SIZE, scale="huge")

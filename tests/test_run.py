@@ -1,0 +1,116 @@
+"""End to end: `bench run` under the smoke protocol, skip-if-done, determinism, bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import bench_cli
+
+MODELS = ("swinunet", "unet")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    res = bench_cli("run", "--models", ",".join(MODELS), "--protocol", "smoke", "--dataset", str(tiny_dataset),
+                    "--results", str(out / "results"), "--reports", str(out / "reports"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out, res
+
+
+def _run_dir(out: Path, model: str, seed: int = 0) -> Path:
+    return out / "results" / "tiny" / "smoke" / model / f"seed{seed}"
+
+
+def test_run_writes_every_file(smoke_run):
+    out, res = smoke_run
+    for model in MODELS:
+        d = _run_dir(out, model)
+        for name in ("manifest.json", "metrics.parquet", "train_log.csv", "checkpoint.pt"):
+            assert (d / name).is_file(), name
+        assert (d / "predictions" / "case0001.npz").is_file()
+        m = json.loads((d / "manifest.json").read_text())
+        assert m["status"] == "complete"
+        for key in ("protocol", "protocol_hash", "git", "packages", "device", "threads", "seed",
+                    "parameters", "wall_seconds", "lr", "lr_source", "convention"):
+            assert key in m, key
+        assert m["iterations"] == 4 and m["protocol"]["input_size"] == 64
+        log = pd.read_csv(d / "train_log.csv")
+        assert list(log["iteration"]) == [0, 1, 2, 3] and log["lr"].iloc[0] == pytest.approx(0.01)
+        df = pd.read_parquet(d / "metrics.parquet")
+        assert {"model", "seed", "case", "label", "organ", "metric", "value", "convention"} <= set(df.columns)
+        assert len(df) == 1 * 8 * 4  # cases x organs x metrics
+        assert not df.duplicated(["case", "label", "metric"]).any()
+        assert df.query("metric == 'dice'")["value"].between(0, 1).all()
+    assert (out / "reports" / "tiny" / "smoke" / "summary.md").is_file()
+    assert "swinunet" in res.stdout and "DSC" in res.stdout
+    assert json.loads((_run_dir(out, "unet") / "manifest.json").read_text())["parameters"] == 24_898_953
+
+
+def test_completed_runs_are_skipped_and_force_redoes_them(smoke_run, tiny_dataset):
+    out, _ = smoke_run
+    d = _run_dir(out, "unet")
+    before = (d / "metrics.parquet").stat().st_mtime_ns
+    res = bench_cli("run", "--models", "unet", "--protocol", "smoke", "--dataset", str(tiny_dataset),
+                    "--results", str(out / "results"), "--reports", str(out / "reports"))
+    assert res.returncode == 0 and "skipped" in res.stdout
+    assert (d / "metrics.parquet").stat().st_mtime_ns == before
+    res = bench_cli("run", "--models", "unet", "--protocol", "smoke", "--dataset", str(tiny_dataset),
+                    "--results", str(out / "results"), "--reports", str(out / "reports"), "--force")
+    assert res.returncode == 0 and "skipped" not in res.stdout
+    assert (d / "metrics.parquet").stat().st_mtime_ns != before
+
+
+def test_other_settings_in_a_completed_folder_are_refused(smoke_run, tiny_dataset):
+    out, _ = smoke_run
+    res = bench_cli("run", "--models", "unet", "--protocol", "smoke", "--dataset", str(tiny_dataset),
+                    "--results", str(out / "results"), "--lr", "0.02")
+    assert res.returncode == 2
+    assert "different settings" in res.stderr and "--force" in res.stderr
+
+
+def test_same_seed_gives_identical_metrics(smoke_run, tiny_dataset, tmp_path):
+    out, _ = smoke_run
+    res = bench_cli("run", "--models", "swinunet", "--protocol", "smoke", "--dataset", str(tiny_dataset),
+                    "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"))
+    assert res.returncode == 0, res.stderr
+    a = pd.read_parquet(_run_dir(out, "swinunet") / "metrics.parquet")
+    b = pd.read_parquet(_run_dir(tmp_path, "swinunet") / "metrics.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--models", "swinunet,nope"], "unknown model 'nope'; valid models: "),
+        (["--models", "unet", "--protocol", "nope"], "unknown protocol 'nope'"),
+        (["--models", "unet", "--dataset", "/does/not/exist"], "dataset folder not found: /does/not/exist"),
+        (["--models", "unet", "--seeds", "a,b"], "--seeds expects comma-separated integers"),
+        (["--models", "unet", "--weights", "unet"], "--weights expects MODEL=PATH"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, needle, tmp_path):
+    res = bench_cli("run", *args, "--results", str(tmp_path / "r"))
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_bad_yaml_and_empty_dataset(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("iterations: 3\nbatch_size: [\n")
+    res = bench_cli("run", "--models", "unet", "--protocol", str(bad))
+    assert res.returncode == 2 and str(bad) in res.stderr and "invalid YAML" in res.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = bench_cli("run", "--models", "unet", "--dataset", str(empty), "--results", str(tmp_path / "r"))
+    assert res.returncode == 2 and "empty" in res.stderr
+
+
+def test_models_command_lists_parameter_counts():
+    res = bench_cli("models", "unet")
+    assert res.returncode == 0 and "24,898,953" in res.stdout
