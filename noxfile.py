@@ -29,3 +29,8 @@ def demo(session):
 def perf(session):
     session.run("python", "benchmarks/bench_metrics.py", *session.posargs)
     session.run("python", "benchmarks/bench_inference.py", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def faults(session):
+    session.run("python", "-m", "pytest", "-m", "faults", *session.posargs)

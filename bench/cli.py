@@ -44,7 +44,12 @@ def _parse_weights(items: list[str]) -> dict[str, str]:
 @app.command()
 def run(
     models: str = typer.Option(..., help="Comma-separated model names (see `bench models`)."),
-    dataset: str = typer.Option("synthetic", help="'synthetic' or a dataset folder in the Synapse layout."),
+    dataset: str = typer.Option("synthetic", help="'synthetic', 'synapse' (with --data-root), a folder in the "
+                                "Synapse layout, or a folder with images/ and masks/."),
+    data_root: Optional[Path] = typer.Option(None, help="With --dataset synapse: the official preprocessed data "
+                                             "(train_npz/, test_vol_h5/, lists/lists_Synapse/)."),
+    fold: Optional[int] = typer.Option(None, help="Train and evaluate on fold K of the dataset's stored split "
+                                       "(make folds with `bench data split DIR --folds K`)."),
     protocol: str = typer.Option("cpu", help="Protocol name (paper, cpu, smoke) or a YAML file."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds; default: the protocol's."),
     results: Path = typer.Option(Path("results"), help="Results folder."),
@@ -63,6 +68,7 @@ def run(
         models=_csv(models), dataset=dataset, protocol=protocol, seeds=_csv(seeds), results=results,
         reports=reports, lr=lr, iterations=iterations, checkpoint_every=checkpoint_every,
         weights=_parse_weights(weights), device=device, force=force, console=console, progress=_progress(),
+        data_root=data_root, fold=fold,
     )
     raise typer.Exit(code)
 
@@ -93,6 +99,22 @@ def models_cmd(
     console.print(table)
 
 
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder: <results>/<dataset>/<protocol>/<model>/seed<k>."),
+    convention: Optional[str] = typer.Option(None, help="synapse or strict (default: the run's)."),
+    nsd_tolerance: Optional[float] = typer.Option(None, help="NSD tolerance in mm (default: the run's)."),
+) -> None:
+    """Re-score a finished run from its saved predictions (no retraining)."""
+    from bench.rescore import rescore_run
+    from bench.summary import render_rich, summary_table
+
+    rows = rescore_run(run_dir, convention, nsd_tolerance)
+    conv = rows["convention"].iloc[0]
+    console.print(render_rich(summary_table(rows), f"{run_dir} re-scored, convention {conv}"))
+    console.print(f"rows for convention {conv} written to {run_dir / 'metrics.parquet'}")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: the cache folder `bench run` uses)."),
@@ -107,6 +129,66 @@ def data_synth(
         raise BenchError(f"{target} already exists and is not empty; choose another --out")
     synth.generate(target, seed=seed)
     console.print(f"wrote the synthetic abdomen (seed {seed}) to {target}")
+
+
+@data_app.command("import")
+def data_import(
+    image: Path = typer.Option(..., help="CT image: a NIfTI file or a DICOM series folder."),
+    label: Path = typer.Option(..., help="Label map on the same physical grid: NIfTI file or DICOM folder."),
+    label_map: str = typer.Option(..., help="btcv, totalsegmentator, or a YAML file (see bench/labelmaps.py)."),
+    case_id: str = typer.Option(..., help="Case name in the dataset, e.g. case0041."),
+    out: Path = typer.Option(..., help="Dataset folder (created, or extended case by case)."),
+    window: tuple[float, float] = typer.Option((-125.0, 275.0), help="CT window LO HI in HU, scaled to [0, 1]."),
+    split: str = typer.Option("train", help="List the case for training (train) or testing (test)."),
+) -> None:
+    """Import one CT case (image + label) into a dataset in the Synapse layout."""
+    from bench.importers import import_case
+    from bench.labelmaps import load_label_map
+
+    info = import_case(image, label, load_label_map(label_map), case_id, out, window, split)
+    counts = ", ".join(f"{k} {v}" for k, v in info["voxels"].items())
+    console.print(f"{info['case']}: {info['slices']} slices {'x'.join(map(str, info['shape'][1:]))}, spacing "
+                  f"{'/'.join(f'{s:g}' for s in info['spacing'])} mm, listed for {split} in {out}\n"
+                  f"voxels per class: {counts}", soft_wrap=True)
+
+
+@data_app.command("prepare-btcv")
+def data_prepare_btcv(
+    raw_dir: Path = typer.Argument(..., help="Raw BTCV data (RawData/Training/img, label)."),
+    out: Path = typer.Option(..., help="New dataset folder."),
+) -> None:
+    """The official Synapse preprocessing of the 30 labelled BTCV scans (18 train / 12 test)."""
+    from bench.importers import prepare_btcv
+
+    prepare_btcv(raw_dir, out, say=console.print)
+    console.print(f"wrote the Synapse dataset to {out}; run it with: bench run --dataset {out}")
+
+
+@data_app.command("prepare-acdc")
+def data_prepare_acdc(
+    raw_dir: Path = typer.Argument(..., help="ACDC training set (patient001/ ... patient100/)."),
+    out: Path = typer.Option(..., help="New dataset folder."),
+) -> None:
+    """ACDC cardiac MRI (RV, Myo, LV) with the 70 / 10 / 20 patient split."""
+    from bench.acdc import prepare_acdc
+
+    prepare_acdc(raw_dir, out, say=console.print)
+    console.print(f"wrote the ACDC dataset to {out}; run it with: bench run --dataset {out}")
+
+
+@data_app.command("split")
+def data_split(
+    dataset: str = typer.Argument(..., help="A dataset folder (Synapse layout or images/ + masks/)."),
+    folds: Optional[int] = typer.Option(None, help="K-fold cross-validation over the training cases."),
+    val_fraction: Optional[float] = typer.Option(None, help="Carve this fraction of training cases for validation."),
+    seed: int = typer.Option(0, help="Seed of the draw."),
+) -> None:
+    """Store K folds and/or a validation subset in the dataset's splits.json (training cases only)."""
+    from bench.datasets import resolve_dataset
+    from bench.splits import split_dataset
+
+    path = split_dataset(resolve_dataset(dataset, say=console.print), folds, val_fraction, seed)
+    console.print(f"wrote {path}" + (f"; run a fold with: bench run --dataset {dataset} --fold 0" if folds else ""))
 
 
 def main() -> None:

@@ -36,6 +36,9 @@ class Dataset:
     train_slices: list[str]
     test_cases: list[str]
     organs: dict[int, str]
+    # "test": test_cases are volumes in test_vol_h5/. "val": test_cases are training cases held
+    # out for validation, whose volumes are stacked from their training slices.
+    eval_split: str = "test"
 
     @property
     def num_classes(self) -> int:
@@ -72,6 +75,27 @@ def open_synapse(root: Path, name: str, organs: dict[int, str]) -> Dataset:
     return Dataset(name=name, root=root, train_slices=train, test_cases=test, organs=organs)
 
 
+def case_of(slice_name: str) -> str:
+    """``case0005_slice012`` -> ``case0005``."""
+    return slice_name.rsplit("_slice", 1)[0]
+
+
+def validation_split(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """A view that trains on most training cases and evaluates on the rest; never on test cases.
+
+    The held-out cases are drawn by case (not by slice) with a seeded generator, at least one.
+    """
+    cases = sorted({case_of(s) for s in ds.train_slices})
+    if len(cases) < 2:
+        raise BenchError(f"{ds.root}: need at least two training cases to carve a validation split")
+    n_val = min(len(cases) - 1, max(1, round(fraction * len(cases))))
+    rng = np.random.default_rng([seed, 7919])
+    val = sorted(rng.choice(cases, size=n_val, replace=False).tolist())
+    train = [s for s in ds.train_slices if case_of(s) not in val]
+    return Dataset(name=ds.name, root=ds.root, train_slices=train, test_cases=val, organs=ds.organs,
+                   eval_split="val")
+
+
 def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
     path = ds.root / "train_npz" / f"{name}.npz"
     try:
@@ -83,6 +107,11 @@ def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_volume(ds: Dataset, case: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
     """Image, label (D x H x W) and spacing (z, y, x) in mm if the file records it."""
+    if ds.eval_split == "val":
+        listed = _read_list(ds.root / LIST_DIR / "train.txt")
+        names = sorted((s for s in listed if case_of(s) == case), key=lambda s: int(s.rsplit("_slice", 1)[1]))
+        pairs = [load_slice(ds, s) for s in names]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), None
     path = ds.root / "test_vol_h5" / f"{case}.npy.h5"
     try:
         with h5py.File(path, "r") as f:

@@ -1,4 +1,11 @@
-"""Turning a ``--dataset`` value into a dataset on disk."""
+"""Turning a ``--dataset`` value into a dataset on disk.
+
+Forms: ``synthetic`` (generated into the cache), ``synapse`` with ``--data-root DIR`` (the
+official preprocessed files), a folder in the Synapse layout (made by ``bench data import``,
+``prepare-btcv``, ``prepare-acdc`` or by hand), or a folder of 2D images with ``images/`` and
+``masks/``. Folders are checked up front (bench.validate); class names come from the folder's
+``dataset.json`` when it has one, else they are the Synapse organs.
+"""
 from __future__ import annotations
 
 import os
@@ -29,15 +36,41 @@ def synthetic(seed: int = 0, say=print) -> Dataset:
     return open_synapse(root, "synthetic", SYNAPSE_ORGANS)
 
 
-def resolve_dataset(spec: str, say=print) -> Dataset:
-    """``synthetic`` or a folder in the Synapse layout."""
-    if spec == "synthetic":
-        return synthetic(say=say)
-    root = Path(spec).expanduser()
-    if not root.exists():
-        raise BenchError(f"dataset folder not found: {root}")
-    if not root.is_dir() or not any(root.iterdir()):
-        raise BenchError(f"dataset folder is empty or not a folder: {root}")
+def open_layout(root: Path, name: str | None = None, say=print) -> Dataset:
+    """A checked Synapse-layout folder, with its own class names if it has a dataset.json."""
+    from bench.layout import read_meta
+    from bench.validate import validate_layout
+
     if not (root / LIST_DIR).is_dir():
-        raise BenchError(f"{root}: not a dataset in the Synapse layout (no {LIST_DIR}/)")
-    return open_synapse(root, root.name, SYNAPSE_ORGANS)
+        raise BenchError(f"{root}: not a dataset in the Synapse layout (no {LIST_DIR}/) "
+                         "and not an image folder (no images/ and masks/)")
+    meta = read_meta(root)
+    organs = meta["organs"] if meta else SYNAPSE_ORGANS
+    validate_layout(root, max(organs) + 1, say=say)
+    return open_synapse(root, name or root.resolve().name, organs)
+
+
+def resolve_dataset(spec: str, say=print, data_root: Path | str | None = None, fold: int | None = None) -> Dataset:
+    """``synthetic``, ``synapse`` (with data_root), or a dataset folder; fold k of its stored K-fold split."""
+    from bench import images2d, splits
+
+    if data_root is not None and spec != "synapse":
+        raise BenchError("--data-root is only used with --dataset synapse; pass other folders as --dataset PATH")
+    if spec == "synthetic":
+        ds = synthetic(say=say)
+    elif spec == "synapse":
+        if data_root is None:
+            raise BenchError("--dataset synapse needs --data-root DIR (the folder holding train_npz/, "
+                             "test_vol_h5/ and lists/lists_Synapse/)")
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise BenchError(f"--data-root: folder not found: {root}")
+        ds = open_layout(root, "synapse", say=say)
+    else:
+        root = Path(spec).expanduser()
+        if not root.exists():
+            raise BenchError(f"dataset folder not found: {root}")
+        if not root.is_dir() or not any(root.iterdir()):
+            raise BenchError(f"dataset folder is empty or not a folder: {root}")
+        ds = images2d.open_folder(root, say=say) if images2d.is_image_folder(root) else open_layout(root, say=say)
+    return ds if fold is None else splits.fold_view(ds, fold)

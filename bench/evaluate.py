@@ -1,6 +1,7 @@
 """Scoring a trained model on a dataset's test volumes; rows in the long metrics format."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,19 +52,28 @@ def evaluate_model(
     progress: Progress | None = None,
     label: str = "evaluate",
 ) -> pd.DataFrame:
-    """Predict every test volume (saving predictions under ``run_dir``) and score it."""
-    frames = []
+    """Predict every test volume (saving predictions under ``run_dir``) and score it.
+
+    Scoring a case (CPU-bound numpy/scipy) overlaps with predicting the next one.
+    """
     task = progress.add_task(label, total=len(ds.test_cases), loss=float("nan"), lr=float("nan")) if progress else None
-    for case in ds.test_cases:
-        image, ref, spacing = load_volume(ds, case)
-        pred = predict_volume(model, image, input_size, ev.batch_size, ev.resize, device)
+
+    def score(case: str, pred: np.ndarray, ref: np.ndarray, spacing) -> pd.DataFrame:
         if run_dir is not None:
             save_prediction(run_dir, case, pred)
         rows = score_case(pred, ref, spacing, ds.organs, ev)
         rows.insert(0, "case", case)
-        frames.append(rows)
         if progress is not None:
             progress.update(task, advance=1)
+        return rows
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = []
+        for case in ds.test_cases:
+            image, ref, spacing = load_volume(ds, case)
+            pred = predict_volume(model, image, input_size, ev.batch_size, ev.resize, device)
+            futures.append(pool.submit(score, case, pred, ref, spacing))
+        frames = [f.result() for f in futures]
     if progress is not None:
         progress.remove_task(task)
     return pd.concat(frames, ignore_index=True)

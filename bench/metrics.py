@@ -133,7 +133,9 @@ def directed_distances(
     if not far.any():
         return distances
     queries = from_points[far]
-    _, nearest = cKDTree(to_points * spacing).query(queries * spacing, k=1)
+    # An unbalanced, non-compacted tree builds faster; the nearest point found is the same.
+    tree = cKDTree(to_points * spacing, balanced_tree=False, compact_nodes=False)
+    _, nearest = tree.query(queries * spacing, k=1)
     offsets = (queries - to_points[nearest]).T.astype(np.float64)
     offsets *= spacing[:, None]
     np.multiply(offsets, offsets, out=offsets)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-FOV_MM = 400.0  # in-plane field of view; the canonical body is 330 mm wide
+FOV_MM = 380.0  # in-plane field of view; the canonical body is 330 mm wide
 SPINE_Y = 55.0  # canonical centre of the vertebral bodies
 
 
@@ -228,9 +228,8 @@ def _body(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid) -> np.ndarray:
     abdominal cavity mask that the organs are clipped to."""
     rng, x, y, z3 = sp.rng, sp.x, sp.y, sp.z[:, None, None]
     # A superellipse, rounder in front and flatter at the back.
-    back = y >= 0
-    pw = np.where(back, 3.0, 2.2)
-    body = ((np.abs(x) / 165.0) ** pw + (np.abs(y) / np.where(back, 105.0, 120.0)) ** pw) ** (1 / pw)
+    ax, ay = np.abs(x) / 165.0, np.abs(y) / np.where(y >= 0, 105.0, 120.0)
+    body = np.where(y >= 0, np.cbrt(ax**3 + ay**3), np.sqrt(ax**2 + ay**2))
     fat_mm = rng.uniform(10.0, 35.0)
     wall_in, cavity_in = 1 - fat_mm / 140, 1 - (fat_mm + 10) / 140
     cavity = body < cavity_in
@@ -254,7 +253,7 @@ def _body(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid) -> np.ndarray:
         cv.paint(colon, np.where(mid > 0.8, -950.0, -30 + 70 * mid))
     transverse = _tube(sp, [(-95, -40, 130), (-40, -80, 118), (40, -80, 112), (95, -30, 100)], [20] * 4)
     colon = (transverse < 1) & cavity
-    cv.paint(colon, np.where((mid > 0.8) | (y < -60), -950.0, -30 + 70 * mid))
+    cv.paint(colon, np.where((mid > 0.8) | (y < -75), -950.0, -30 + 70 * mid))
     # Lung bases and the heart above the domes of the diaphragm.
     for side in (-1, 1):
         lung = _blob(sp, (-90, 28), (side * 85, 20), (side * 90, 35), (62, 75), 0, peak=0.15, power=0.3)
@@ -313,12 +312,12 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
                  [12, 13, 13, 12, 11])
     cv.paint((duod < 1) & cavity, np.where(duod > 0.7, 50 + 40 * con.venous, 20 + 25 * mid), 0)
     # Pancreas: a lobulated band from the splenic hilum (tail, higher) to the duodenum (head).
-    panc = _tube(sp, [(85, 25, 92), (55, 12, 97), (22, -2, 103), (-5, -10, 110), (-28, 2, 120),
-                      (-18, 18, 133)], [9, 11, 12, 12, 16, 11])
+    panc = _tube(sp, [(85, 20, 92), (55, 5, 97), (22, -10, 103), (-5, -18, 110), (-28, -5, 120),
+                      (-18, 12, 133)], [12, 14, 15, 16, 20, 14])
     fatty = rng.uniform(0.6, 1.4)  # fat between the lobules, more in older patients
     lobules = np.where(fine > fatty, -40 + 20 * mid, 45 + 50 * con.venous + 8 * fine)
     cv.paint((panc < 1) & cavity, lobules, 6)
-    gb = _blob(sp, (100, 155), (-38, -45), (-42, -60), (14, 22), 70, peak=0.45)
+    gb = _blob(sp, (95, 165), (-45, -35), (-68, -40), (19, 29), 70, peak=0.45)
     bile = np.where(gb.level > 0.85, 40 + 30 * con.venous, rng.uniform(0, 25) + 4 * fine)
     cv.paint((gb.level < 1) & cavity, bile, 2)
     # Kidneys: cortex, medullary pyramids, sinus fat and pelvis at the hilum facing forward-inward.
@@ -333,7 +332,7 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
         sinus = ((k.u - 0.45) ** 2 / 0.2 + k.v**2 / 0.1 < 1) & (np.abs(z3 - sum(zr) / 2) < 30)
         cv.paint(m, np.where(sinus, np.where(mid > 0.5, 5.0, -60 + 20 * fine), val), organ)
         cv.paint(m & sinus & (k.u > 0.8), -80 + 15 * fine, 0)  # the hilum opens to the outside
-    cv.paint(_column(sp, _vertical(10, -32 + rng.normal(0, 3), z1=_bif(sp)), (11, 11)) < 1,
+    cv.paint(_column(sp, _vertical(10, -35 + rng.normal(0, 3), z1=_bif(sp)), (14, 14)) < 1,
              con.artery + 10 * fine, 1)
 
 
@@ -355,9 +354,9 @@ def _vessels(sp: _Space, cv: _Canvas, con: _Contrast, fine) -> None:
     cv.paint(_column(sp, _vertical(-24, -30), (13, 10)) < 1, ivc + 10 * fine, 0)
     cv.paint(_tube(sp, [(-40, -5, 60), (-10, 2, 108), (-10, 8, 150), (-12, 5, 230)], [7, 7, 6, 5])
              < 1, portal, 0)  # portal and superior mesenteric veins
-    cv.paint(_tube(sp, [(85, 37, 92), (55, 24, 97), (22, 10, 103), (-5, 2, 110)], [4.5] * 4) < 1,
+    cv.paint(_tube(sp, [(85, 37, 92), (55, 22, 97), (22, 7, 103), (-5, 0, 110)], [4.5] * 4) < 1,
              portal, 0)  # splenic vein behind the pancreas
-    cv.paint(_column(sp, _vertical(8, -55, 100), (4, 4)) < 1, artery, 0)  # superior mesenteric a.
+    cv.paint(_column(sp, _vertical(8, -62, 100), (4, 4)) < 1, artery, 0)  # superior mesenteric a.
 
 
 def make_case(rng: np.random.Generator, size: int = 160, slice_mm: float = 5.0) -> Case:

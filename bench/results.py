@@ -102,10 +102,10 @@ class RunLocked(Exception):
 
 
 @contextmanager
-def run_lock(run_dir: Path):
+def run_lock(run_dir: Path, wait: bool = False):
     """Exclusive lock on one run folder, naming its holder (host and pid).
 
-    An OS lock (flock) on ``.lock``: the kernel releases it when the holder dies, however it
+    With ``wait`` it blocks until the holder is done. An OS lock (flock) on ``.lock``: the kernel releases it when the holder dies, however it
     dies, so a stale lock can never block a run; the host and pid written into the file are
     there to name the live holder in the error message.
     """
@@ -113,7 +113,7 @@ def run_lock(run_dir: Path):
     run_dir.mkdir(parents=True, exist_ok=True)
     f = open(run_dir / LOCK, "a+")
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or "another process"

@@ -83,21 +83,25 @@ def _clear(run_dir: Path) -> None:
 
 def execute(
     spec: RunSpec, protocol: Protocol, ds: Dataset, results: Path, device: torch.device,
-    force: bool = False, progress: Progress | None = None, say=print,
+    force: bool = False, progress: Progress | None = None, say=print, wait: bool = False,
 ) -> Outcome:
-    """Train and evaluate one run inside its lock; never raises except on interruption."""
+    """Train and evaluate one run inside its lock; never raises except on interruption.
+
+    Without ``wait`` a run locked by another process comes back as ``locked`` (the sweep
+    returns to it later with ``wait=True`` and then reuses what the other process made).
+    """
     run = RunId(ds.name, protocol.name, spec.model, spec.seed)
     run_dir = run_path(results, run)
     config = run_config(spec, protocol, ds)
     key = config_key(config)
     try:
-        lock = run_lock(run_dir)
+        lock = run_lock(run_dir, wait=wait)
         lock.__enter__()
     except RunLocked as e:
         return Outcome(run, run_dir, "locked", str(e))
     try:
         old = read_manifest(run_dir)
-        if old and old.get("status") == "complete" and old.get("key") == key and not force:
+        if old and old.get("status") == "complete" and old.get("key") == key and (not force or wait):
             return Outcome(run, run_dir, "skipped", "already complete")
         if force or (old and old.get("key") != key):
             _clear(run_dir)  # other settings: a checkpoint from them must not be resumed

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
+from bench.errors import BenchError
 from bench.results import atomic_write
 
 
@@ -28,7 +29,13 @@ def organ_means(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Rows per model: DSC (%) mean and per organ, HD95 mean, number of seeds and cases."""
+    """Rows per model: DSC (%) mean and per organ, HD95 mean, number of seeds and cases.
+
+    Rows of one metric convention only: values of different conventions are never pooled.
+    """
+    conventions = sorted(metrics["convention"].unique())
+    if len(conventions) > 1:
+        raise BenchError(f"metrics mix conventions {conventions}; select one before reducing")
     dsc = organ_means(metrics, "dice") * 100
     hd = organ_means(metrics, "hd95")
     out = pd.DataFrame(index=dsc.index)

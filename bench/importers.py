@@ -1,0 +1,207 @@
+"""3D CT into the Synapse layout: ``bench data import`` (one case) and ``bench data prepare-btcv``.
+
+Image and label are matched in physical space, not by array index: both are read with SimpleITK
+(NIfTI file or DICOM series folder; the headers give orientation, spacing and origin), both are
+reoriented to one canonical voxel order (DICOM LPS: rows run anterior -> posterior, columns patient
+right -> left, slices inferior -> superior, so axial slices come first in the D x H x W arrays),
+and the label must then lie on exactly the image's grid. Reorienting only permutes and flips
+axes, so every labelled voxel is kept; labels on a different grid are refused, not resampled.
+CT intensities are clipped to a window (default [-125, 275] HU) and scaled to [0, 1].
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from bench import layout
+from bench.errors import BenchError
+from bench.labelmaps import BTCV, LabelMap
+
+CT_WINDOW = (-125.0, 275.0)
+CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(_[A-Za-z0-9.-]+)*$")
+# The official Synapse split of the 30 labelled BTCV scans (lists/lists_Synapse).
+BTCV_TRAIN = ("0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024", "0026", "0027", "0028",
+              "0030", "0031", "0033", "0034", "0037", "0039", "0040")
+BTCV_TEST = ("0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038")
+
+
+def check_case_id(case: str) -> str:
+    if not CASE_ID.match(case) or "_slice" in case:
+        raise BenchError(f"--case-id '{case}': use letters, digits, '.', '-' and '_' (not '_slice'), "
+                         "e.g. case0041")
+    return case
+
+
+def read_image(path: Path) -> sitk.Image:
+    """A NIfTI (or other ITK-readable) file, or a folder holding one DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise BenchError(f"{path}: not found")
+    if path.is_dir():
+        return _read_dicom_series(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise BenchError(f"{path}: unreadable image file ({_first_line(e)})") from None
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+    if not files:
+        raise BenchError(f"{folder}: empty folder (expected a DICOM series)")
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise BenchError(f"{folder}: no DICOM series found")
+    if len(series) > 1:
+        raise BenchError(f"{folder}: {len(series)} DICOM series in one folder; pass a folder with one series")
+    names = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader.SetFileNames(names)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        # name the file that breaks the series, not just the folder
+        for name in names:
+            try:
+                sitk.ReadImage(name)
+            except RuntimeError:
+                raise BenchError(f"{name}: unreadable DICOM file in the series") from None
+        raise BenchError(f"{folder}: unreadable DICOM series ({_first_line(e)})") from None
+    candidates = {f.name for f in files if f.suffix.lower() in ("", ".dcm", ".ima")}
+    skipped = sorted(candidates - {Path(n).name for n in names})
+    if skipped:
+        raise BenchError(f"{folder / skipped[0]}: not part of the DICOM series "
+                         f"({len(skipped)} such file(s); truncated or foreign?)")
+    return image
+
+
+def _first_line(e: Exception) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:200]
+
+
+def canonical(image: sitk.Image) -> sitk.Image:
+    """Reorient to DICOM LPS voxel order (a permutation and flips of the axes, nothing else)."""
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def check_same_grid(image: sitk.Image, label: sitk.Image, label_path: Path) -> None:
+    """Refuse a label that is not on the image's voxel grid (after reorientation)."""
+    if image.GetDimension() != label.GetDimension():
+        raise BenchError(f"{label_path}: label is {label.GetDimension()}D, image is {image.GetDimension()}D")
+    size_i, size_l = image.GetSize(), label.GetSize()
+    sp_i, sp_l = np.array(image.GetSpacing()), np.array(label.GetSpacing())
+    tol = 0.01 * float(sp_i.min())  # 1% of a voxel: header rounding, not a different grid
+    problems = []
+    if size_i != size_l:
+        problems.append(f"size {'x'.join(map(str, size_l))} vs {'x'.join(map(str, size_i))}")
+    if not np.allclose(sp_i, sp_l, rtol=1e-3, atol=0):
+        problems.append(f"spacing {_fmt(sp_l)} vs {_fmt(sp_i)} mm")
+    if not np.allclose(image.GetOrigin(), label.GetOrigin(), rtol=0, atol=tol):
+        problems.append(f"origin {_fmt(label.GetOrigin())} vs {_fmt(image.GetOrigin())} mm")
+    if not np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-3):
+        problems.append("orientation differs")
+    if problems:
+        raise BenchError(f"{label_path}: label is not on the image's grid ({'; '.join(problems)}: label vs image)")
+
+
+def _fmt(v) -> str:
+    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+
+def check_image(array: np.ndarray, path: Path) -> None:
+    if array.size == 0:
+        raise BenchError(f"{path}: empty image")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise BenchError(f"{path}: image contains NaN or infinite values")
+    if array.min() == array.max():
+        raise BenchError(f"{path}: image is constant ({array.flat[0]}); nothing to segment")
+
+
+def ct_window(hu: np.ndarray, window: tuple[float, float], path: Path) -> np.ndarray:
+    lo, hi = (float(w) for w in window)
+    if not lo < hi:
+        raise BenchError(f"--window {lo:g} {hi:g}: LO must be below HI")
+    out = ((np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    if out.min() == out.max():
+        raise BenchError(f"{path}: image is constant inside the window [{lo:g}, {hi:g}]; "
+                         "is it in Hounsfield units?")
+    return out
+
+
+def load_pair(image_path: Path, label_path: Path, label_map: LabelMap,
+              normalize: Callable[[np.ndarray, Path], np.ndarray], orient: bool = True,
+              ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Image (float32) and remapped label (uint8), D x H x W on one grid, and spacing (z, y, x) mm."""
+    image, label = read_image(image_path), read_image(label_path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise BenchError(f"{image_path}: expected a grayscale volume, got "
+                         f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if image.GetDimension() != 3:
+        raise BenchError(f"{image_path}: expected a 3D volume, got {image.GetDimension()}D")
+    if orient:
+        image, label = canonical(image), canonical(label) if label.GetDimension() == 3 else label
+    check_same_grid(image, label, label_path)
+    hu = sitk.GetArrayFromImage(image)  # (z, y, x)
+    check_image(hu, image_path)
+    lab = label_map.apply(sitk.GetArrayFromImage(label), str(label_path))
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    return normalize(hu, image_path), lab, spacing
+
+
+def import_case(image: Path, label: Path, label_map: LabelMap, case: str, out: Path,
+                window: tuple[float, float] = CT_WINDOW, split: str = "train") -> dict:
+    """``bench data import``: one CT case into a dataset folder. Returns a short summary."""
+    check_case_id(case)
+    if split not in ("train", "test"):
+        raise BenchError(f"--split must be train or test, got '{split}'")
+    img, lab, spacing = load_pair(image, label, label_map, lambda a, p: ct_window(a, window, p))
+    source = {"image": str(Path(image).resolve()), "label": str(Path(label).resolve()),
+              "label_map": label_map.name, "window": list(window), "split": split}
+    names = layout.add_case(out, case, img, lab, spacing, split, label_map.organs, source)
+    counts = np.bincount(lab.ravel(), minlength=max(label_map.organs) + 1)
+    return {"case": case, "slices": len(names), "shape": img.shape, "spacing": spacing,
+            "voxels": {name: int(counts[i]) for i, name in label_map.organs.items()}}
+
+
+def find_btcv(raw: Path) -> dict[str, tuple[Path, Path]]:
+    """case id -> (image, label) for the 30 labelled BTCV scans under raw (RawData/Training/img...)."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise BenchError(f"BTCV folder not found: {raw}")
+    for base in (raw, raw / "Training", raw / "RawData" / "Training"):
+        if (base / "img").is_dir() and (base / "label").is_dir():
+            break
+    else:
+        raise BenchError(f"{raw}: no img/ and label/ folders (expected RawData/Training/img/img0001.nii.gz ...)")
+    pairs = {}
+    for cid in BTCV_TRAIN + BTCV_TEST:
+        img, lab = base / "img" / f"img{cid}.nii.gz", base / "label" / f"label{cid}.nii.gz"
+        for f in (img, lab):
+            if not f.is_file():
+                raise BenchError(f"{f}: missing (prepare-btcv needs the 30 labelled training scans)")
+        pairs[f"case{cid}"] = (img, lab)
+    return pairs
+
+
+def prepare_btcv(raw: Path, out: Path, window: tuple[float, float] = CT_WINDOW, say=print) -> Path:
+    """The Synapse preprocessing of raw BTCV: window, remap ids, official 18 / 12 split."""
+    pairs = find_btcv(raw)
+    train_slices, test_cases = [], []
+    with layout.building(out) as tmp:
+        for i, (case, (img_path, lab_path)) in enumerate(pairs.items()):
+            say(f"[{i + 1}/{len(pairs)}] {case}")
+            img, lab, spacing = load_pair(img_path, lab_path, BTCV, lambda a, p: ct_window(a, window, p))
+            names = layout.write_case(tmp, case, img, lab, spacing)
+            if case[4:] in BTCV_TRAIN:
+                train_slices += names
+            else:
+                test_cases.append(case)
+        layout.write_lists(tmp, train_slices, sorted(test_cases))
+        layout.write_meta(tmp, BTCV.organs, source={"kind": "btcv", "raw": str(Path(raw).resolve()),
+                                                   "window": list(window), "orientation": "LPS"})
+    return Path(out)

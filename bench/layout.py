@@ -1,0 +1,171 @@
+"""Writing datasets in the Synapse layout (see bench/data.py), never half-way.
+
+Every case is written in both forms, so any split (train/test lists, folds, a validation
+subset) can use it without converting again:
+
+    train_npz/<case>_sliceNNN.npz     image float32 H x W in [0, 1], label uint8 H x W
+    test_vol_h5/<case>.npy.h5         image, label D x H x W (axial slices first); attr spacing (z, y, x) mm
+    lists/lists_Synapse/train.txt     the slices the engine trains on
+    lists/lists_Synapse/test_vol.txt  the cases it tests on
+    dataset.json                      class names ("organs") and where the data came from
+
+A whole dataset is built in a hidden sibling folder and renamed into place; one case added to an
+existing folder is staged, moved in, and committed by the final rewrite of its list file, and
+rolled back on any error before that.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from bench.data import LIST_DIR
+from bench.errors import BenchError
+
+META = "dataset.json"
+TRAIN_LIST = LIST_DIR / "train.txt"
+TEST_LIST = LIST_DIR / "test_vol.txt"
+
+
+def slice_name(case: str, k: int) -> str:
+    return f"{case}_slice{k:03d}"
+
+
+def write_case(root: Path, case: str, image: np.ndarray, label: np.ndarray,
+               spacing: tuple[float, float, float] | None) -> list[str]:
+    """Write one case's slices and volume under root; returns the slice names."""
+    if image.shape != label.shape or image.ndim != 3:
+        raise ValueError(f"image {image.shape} and label {label.shape} must be equal D x H x W")
+    (root / "train_npz").mkdir(parents=True, exist_ok=True)
+    (root / "test_vol_h5").mkdir(parents=True, exist_ok=True)
+    image, label = image.astype(np.float32), label.astype(np.uint8)
+    names = []
+    for k in range(image.shape[0]):
+        names.append(slice_name(case, k))
+        np.savez(root / "train_npz" / f"{names[-1]}.npz", image=image[k], label=label[k])
+    with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "w") as f:
+        chunks = (1, *image.shape[1:])
+        f.create_dataset("image", data=image, chunks=chunks, compression="gzip", compression_opts=1)
+        f.create_dataset("label", data=label, chunks=chunks, compression="gzip", compression_opts=1)
+        if spacing is not None:
+            f.attrs["spacing"] = np.asarray(spacing, np.float64)
+    return names
+
+
+def atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_lists(root: Path, train_slices: list[str], test_cases: list[str]) -> None:
+    atomic_text(root / TRAIN_LIST, "".join(f"{s}\n" for s in train_slices))
+    atomic_text(root / TEST_LIST, "".join(f"{c}\n" for c in test_cases))
+
+
+def write_meta(root: Path, organs: dict[int, str], **extra) -> None:
+    meta = {"organs": {str(k): v for k, v in sorted(organs.items())}, **extra}
+    atomic_text(root / META, json.dumps(meta, indent=1) + "\n")
+
+
+def read_meta(root: Path) -> dict | None:
+    """dataset.json as a dict (organs with int keys), None when the folder has none."""
+    path = Path(root) / META
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        meta["organs"] = {int(k): str(v) for k, v in meta["organs"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BenchError(f"{path}: unreadable dataset description ({type(e).__name__}: {e})") from None
+    if not meta["organs"] or min(meta["organs"]) < 1:
+        raise BenchError(f"{path}: 'organs' must map class ids >= 1 to names")
+    return meta
+
+
+def _lines(path: Path) -> list[str]:
+    return [s.strip() for s in path.read_text().splitlines() if s.strip()] if path.exists() else []
+
+
+@contextmanager
+def building(out: Path) -> Iterator[Path]:
+    """A fresh folder to build a dataset in, renamed to ``out`` on success, removed on error.
+
+    ``out`` must not exist or be empty: a prepared dataset is never merged into another.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BenchError(f"{out} already exists and is not empty; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_case(out: Path, case: str, image: np.ndarray, label: np.ndarray, spacing, split: str,
+             organs: dict[int, str], source: dict) -> list[str]:
+    """Add one case to a (possibly new) dataset folder, all or nothing; returns its slice names."""
+    out = Path(out)
+    meta = read_meta(out) if out.is_dir() else None
+    if meta is not None and meta["organs"] != organs:
+        raise BenchError(f"{out / META}: this dataset has classes {meta['organs']}, the label map gives {organs}")
+    if out.is_dir() and meta is None and any(out.iterdir()):
+        raise BenchError(f"{out}: not empty and not a dataset made by `bench data import` (no {META})")
+    train, test = _lines(out / TRAIN_LIST), _lines(out / TEST_LIST)
+    if (out / "test_vol_h5" / f"{case}.npy.h5").exists() or case in test or any(
+            s.rsplit("_slice", 1)[0] == case for s in train):
+        raise BenchError(f"{out}: case '{case}' is already there; choose another --case-id")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".staging-{case}-{uuid.uuid4().hex[:8]}"
+    moved: list[Path] = []
+    new_meta = meta is None
+    try:
+        names = write_case(stage, case, image, label, spacing)
+        for sub in ("train_npz", "test_vol_h5"):
+            (out / sub).mkdir(exist_ok=True)
+            for f in sorted((stage / sub).iterdir()):
+                os.replace(f, out / sub / f.name)
+                moved.append(out / sub / f.name)
+        cases = sorted({*(meta or {}).get("cases", {}), case})
+        sources = {**(meta or {}).get("cases", {}), case: source}
+        write_meta(out, organs, cases={c: sources[c] for c in cases})
+        if not (out / TEST_LIST).exists():
+            atomic_text(out / TEST_LIST, "")
+        if not (out / TRAIN_LIST).exists():
+            atomic_text(out / TRAIN_LIST, "")
+        # the commit point: the case joins its split's list
+        if split == "train":
+            atomic_text(out / TRAIN_LIST, "".join(f"{s}\n" for s in train + names))
+        else:
+            atomic_text(out / TEST_LIST, "".join(f"{c}\n" for c in test + [case]))
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        for f in moved:
+            f.unlink(missing_ok=True)
+        if new_meta:
+            (out / META).unlink(missing_ok=True)
+        elif meta is not None:
+            write_meta(out, meta["organs"], **{k: v for k, v in meta.items() if k != "organs"})
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return names

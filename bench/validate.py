@@ -1,0 +1,145 @@
+"""Up-front checks of a dataset in the Synapse layout, so bad data fails in a second, not mid-run.
+
+Checked: every listed file is present; each training slice is a readable npz with ``image`` and
+``label``, 2D, equal shapes, a float image and an integer-valued label within 0..C-1; each test
+volume likewise (3D, D x H x W) with a valid ``spacing`` attribute if it has one. Label values
+are read in full, images only as far as their headers. A passing check is remembered in the
+cache, keyed by every file's size and modification time, so the official 2,211-slice set is
+read once, not on every run.
+"""
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from bench.data import LIST_DIR
+from bench.errors import BenchError
+
+VERSION = 1
+
+
+def _listed(root: Path) -> tuple[list[Path], list[Path]]:
+    lists = {}
+    for name in ("train.txt", "test_vol.txt"):
+        path = root / LIST_DIR / name
+        if not path.is_file():
+            raise BenchError(f"{path}: case list not found")
+        lists[name] = [s.strip() for s in path.read_text().splitlines() if s.strip()]
+        if not lists[name]:
+            raise BenchError(f"{path}: case list is empty")
+    train = [root / "train_npz" / f"{s}.npz" for s in lists["train.txt"]]
+    test = [root / "test_vol_h5" / f"{c}.npy.h5" for c in lists["test_vol.txt"]]
+    for files, name in ((train, "train.txt"), (test, "test_vol.txt")):
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise BenchError(f"{missing[0]}: listed in {name} but missing{more}")
+    return train, test
+
+
+def _stamp(root: Path, files: list[Path], num_classes: int) -> str:
+    h = hashlib.sha256(f"{VERSION}|{root.resolve()}|{num_classes}".encode())
+    for f in files + [root / LIST_DIR / "train.txt", root / LIST_DIR / "test_vol.txt"]:
+        st = f.stat()
+        h.update(f"|{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _check_label(label: np.ndarray, num_classes: int, where: str) -> None:
+    if label.dtype.kind not in "iufb":
+        raise BenchError(f"{where}: label has dtype {label.dtype}, expected integers")
+    if label.dtype.kind == "f" and not (np.all(np.isfinite(label)) and np.all(label == np.round(label))):
+        raise BenchError(f"{where}: label values are not integers")
+    lo, hi = label.min(), label.max()
+    if lo < 0 or hi > num_classes - 1:
+        raise BenchError(f"{where}: label values {lo:g}..{hi:g} are outside 0..{num_classes - 1} "
+                         f"(this dataset has {num_classes - 1} classes)")
+
+
+def _check_image_dtype(dtype: np.dtype, where: str) -> None:
+    if np.dtype(dtype).kind != "f":
+        raise BenchError(f"{where}: image has dtype {dtype}, expected float (scaled to [0, 1])")
+
+
+def _header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a .npy stream without reading its data."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        arr = fmt.read_array(f, allow_pickle=False)
+        shape, dtype = arr.shape, arr.dtype
+    return shape, dtype
+
+
+def check_slice(path: Path, num_classes: int) -> None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = set(zf.namelist())
+            for key in ("image", "label"):
+                if f"{key}.npy" not in members:
+                    raise BenchError(f"{path}: no '{key}' array (keys: {', '.join(sorted(m[:-4] for m in members))})")
+            with zf.open("image.npy") as f:
+                shape, dtype = _header(f)
+            with zf.open("label.npy") as f:
+                label = np.lib.format.read_array(f, allow_pickle=False)
+    except BenchError:
+        raise
+    except Exception as e:  # truncated zip, bad header...
+        raise BenchError(f"{path}: unreadable training slice ({type(e).__name__}: {e})") from None
+    if len(shape) != 2 or label.shape != shape:
+        raise BenchError(f"{path}: image {shape} and label {label.shape} must be equal 2D (H x W) arrays")
+    _check_image_dtype(dtype, str(path))
+    _check_label(label, num_classes, str(path))
+
+
+def check_volume(path: Path, num_classes: int) -> None:
+    try:
+        with h5py.File(path, "r") as f:
+            for key in ("image", "label"):
+                if key not in f:
+                    raise BenchError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys())})")
+            image, label = f["image"], f["label"]
+            if image.ndim != 3 or image.shape != label.shape:
+                raise BenchError(f"{path}: image {image.shape} and label {label.shape} must be equal "
+                                 "3D (D x H x W) arrays")
+            _check_image_dtype(image.dtype, str(path))
+            for start in range(0, label.shape[0], 32):
+                _check_label(label[start : start + 32], num_classes, str(path))
+            if "spacing" in f.attrs:
+                sp = np.asarray(f.attrs["spacing"], np.float64)
+                if sp.shape != (3,) or not np.all(sp > 0):
+                    raise BenchError(f"{path}: attribute 'spacing' must be three positive numbers (z, y, x) mm")
+    except BenchError:
+        raise
+    except Exception as e:
+        raise BenchError(f"{path}: unreadable test volume ({type(e).__name__}: {e})") from None
+
+
+def validate_layout(root: Path, num_classes: int, say=print) -> None:
+    """Check a Synapse-layout folder; raises BenchError naming the first bad file."""
+    from bench.datasets import cache_dir
+
+    root = Path(root)
+    train, test = _listed(root)
+    stamp = cache_dir() / "validated" / _stamp(root, train + test, num_classes)
+    if stamp.exists():
+        return
+    if len(train) + len(test) > 200:
+        say(f"checking {len(train)} training slices and {len(test)} test volumes in {root} (once) ...")
+    for f in train:
+        check_slice(f, num_classes)
+    for f in test:
+        check_volume(f, num_classes)
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+    except OSError:
+        pass  # a read-only cache only costs the check next time
