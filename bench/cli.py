@@ -53,8 +53,13 @@ def run(
     protocol: str = typer.Option("cpu", help="Protocol name (paper, cpu, smoke) or a YAML file."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds; default: the protocol's."),
     results: Path = typer.Option(Path("results"), help="Results folder."),
-    reports: Path = typer.Option(Path("reports"), help="Where the summary table goes."),
-    lr: Optional[float] = typer.Option(None, help="Base learning rate for every model (default: the protocol's)."),
+    reports: Path = typer.Option(Path("reports"), help="Where the report goes (<reports>/<dataset>/<protocol>/)."),
+    lr: Optional[str] = typer.Option(None, help="Base learning rate for every model (default: the protocol's), "
+                                     "or 'tuned': each model's best trial from its `bench tune` study."),
+    storage: Optional[str] = typer.Option(None, help="With --lr tuned: the Optuna storage URL "
+                                          "(default: sqlite under <results>/tune/)."),
+    study: Optional[str] = typer.Option(None, help="With --lr tuned: the study name, comma-separated one per "
+                                        "model (default: <dataset>-<model>-<protocol>-<hash>)."),
     iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Override the checkpoint interval."),
     weights: list[str] = typer.Option([], help="MODEL=PATH: start MODEL from a local weights file."),
@@ -68,34 +73,83 @@ def run(
         models=_csv(models), dataset=dataset, protocol=protocol, seeds=_csv(seeds), results=results,
         reports=reports, lr=lr, iterations=iterations, checkpoint_every=checkpoint_every,
         weights=_parse_weights(weights), device=device, force=force, console=console, progress=_progress(),
-        data_root=data_root, fold=fold,
+        data_root=data_root, fold=fold, storage=storage, studies=_csv(study),
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def tune(
+    model: Optional[str] = typer.Option(None, help="The model whose learning rate to search."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated models: one study each, with the same "
+                                         "protocol and number of trials (equal budgets)."),
+    trials: int = typer.Option(10, help="Trials this process adds to each study (workers sharing a storage add up)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials of a study after S seconds."),
+    protocol: str = typer.Option("cpu", help="Protocol name (paper, cpu, smoke) or a YAML file."),
+    dataset: str = typer.Option("synthetic", help="As for `bench run`; tuning reads its training cases only."),
+    data_root: Optional[Path] = typer.Option(None, help="With --dataset synapse: the official preprocessed data."),
+    fold: Optional[int] = typer.Option(None, help="Tune on fold K's training cases."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage: sqlite:///FILE, postgresql://USER:PASS@HOST/DB "
+                                          "or journal:FILE (default: sqlite under <results>/tune/)."),
+    study: Optional[str] = typer.Option(None, help="Study name, comma-separated one per model "
+                                        "(default: <dataset>-<model>-<protocol>-<hash>)."),
+    results: Path = typer.Option(Path("results"), help="Results folder (trial folders go to <results>/tune/)."),
+    lr_min: Optional[float] = typer.Option(None, help="Lower end of the LR range (default: the protocol's tuning.lr_min)."),
+    lr_max: Optional[float] = typer.Option(None, help="Upper end of the LR range (default: the protocol's tuning.lr_max)."),
+    search: str = typer.Option("lr", help="Parameters to search: lr, plus optionally weight_decay and batch_size."),
+    iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Search each model's base learning rate with Optuna, scored on held-out training cases."""
+    from bench.tune import tune as run_tune
+
+    if model and models:
+        raise BenchError("give either --model or --models, not both")
+    code = run_tune(
+        models=_csv(model or models), dataset=dataset, protocol=protocol, results=results, storage=storage,
+        studies=_csv(study), n_trials=trials, timeout=timeout, search_space=search, lr_min=lr_min, lr_max=lr_max,
+        iterations=iterations, device=device, console=console, progress=_progress(), data_root=data_root, fold=fold,
     )
     raise typer.Exit(code)
 
 
 @app.command("models")
 def models_cmd(
-    pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'swinunet*'."),
+    pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'swinunet*', or any smp-<arch>-<encoder>."),
     img_size: int = typer.Option(224, help="Input size for the counts."),
     num_classes: int = typer.Option(9),
+    measure: bool = typer.Option(False, help="Also time training steps (images/s) and peak memory."),
+    batch: int = typer.Option(4, help="Batch size for --measure."),
+    device: str = typer.Option("auto", help="Device for --measure: auto, cpu or cuda."),
 ) -> None:
-    """List registered models with their parameter counts."""
+    """List registered models with parameters and forward GFLOPs per image (and, with --measure,
+    training speed). A multiply-add counts as 2 FLOPs."""
     from rich.table import Table
 
-    from models import create_model, list_models
+    from bench.env import pick_device
+    from models import create_model, is_model, list_models
+    from models.compute import count_parameters, gflops, measure_training
 
-    names = list_models(pattern)
+    names = list_models(pattern) or ([pattern] if is_model(pattern) else [])
     if not names:
         raise BenchError(f"no model matches '{pattern}'; valid models: {', '.join(list_models())}")
-    table = Table(title=f"models at {img_size} x {img_size}, {num_classes} classes")
-    table.add_column("name")
-    table.add_column("parameters", justify="right")
+    where = f", training batch {batch} on {pick_device(device)}" if measure else ""
+    table = Table(title=f"models at {img_size} x {img_size}, {num_classes} classes{where}")
+    for column in ["name", "parameters", "GFLOPs", *(["images/s", "peak memory"] if measure else [])]:
+        table.add_column(column, justify="left" if column == "name" else "right")
     for name in names:
         try:
             model = create_model(name, num_classes=num_classes, img_size=img_size)
-            table.add_row(name, f"{sum(p.numel() for p in model.parameters()):,}")
+            row = [name, f"{count_parameters(model):,}", f"{gflops(model, img_size):.2f}"]
+            if measure:
+                speed = measure_training(model, img_size, batch=batch, device=pick_device(device))
+                growth = "" if speed.device.startswith("cuda") else f" RSS (+{speed.memory_growth_mb:,.0f})"
+                row += [f"{speed.images_per_second:.2f}", f"{speed.peak_memory_mb:,.0f} MB{growth}"]
+            table.add_row(*row)
         except Exception as e:  # a model that can't be built at this size is a row, not a crash
             table.add_row(name, f"[red]{type(e).__name__}: {e}[/]")
+        finally:
+            model = None  # free it before the next one
     console.print(table)
 
 
@@ -113,6 +167,28 @@ def evaluate(
     conv = rows["convention"].iloc[0]
     console.print(render_rich(summary_table(rows), f"{run_dir} re-scored, convention {conv}"))
     console.print(f"rows for convention {conv} written to {run_dir / 'metrics.parquet'}")
+
+
+@app.command()
+def report(
+    results: Path = typer.Option(Path("results"), help="Results folder to read."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: reports/<dataset>/<protocol>/)."),
+    baseline: Optional[str] = typer.Option(None, help="Model the others are tested against (default: unet, "
+                                                      "else the first model)."),
+    allow_mixed: bool = typer.Option(False, help="Report runs of different protocol hashes, conventions or "
+                                                 "datasets side by side, marked, instead of stopping."),
+    dataset: Optional[str] = typer.Option(None, help="Only runs on this dataset."),
+    protocol: Optional[str] = typer.Option(None, help="Only runs of this protocol name."),
+    convention: Optional[str] = typer.Option(None, help="Metric rows of this convention (default: each run's)."),
+) -> None:
+    """Write tables, statistics, plots and one HTML page from finished runs (never trains)."""
+    from bench.report import build_report
+
+    rep = build_report(results, out, baseline=baseline, allow_mixed=allow_mixed, dataset=dataset,
+                       protocol=protocol, convention=convention)
+    for note in rep.notes:
+        console.print(f"[yellow]note[/]: {note}")
+    console.print(f"report written to {rep.html} ({len(rep.files)} files in {rep.out})")
 
 
 @data_app.command("synth")
@@ -189,6 +265,53 @@ def data_split(
 
     path = split_dataset(resolve_dataset(dataset, say=console.print), folds, val_fraction, seed)
     console.print(f"wrote {path}" + (f"; run a fold with: bench run --dataset {dataset} --fold 0" if folds else ""))
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    try:
+        return [int(v) for v in _csv(value)] or None
+    except ValueError:
+        raise BenchError(f"--seeds expects comma-separated integers, got '{value}'") from None
+
+
+@app.command()
+def ablate(
+    spec: Path = typer.Argument(..., help="An ablation spec, e.g. ablations/swinunet-skips.yaml."),
+    protocol: Optional[str] = typer.Option(None, help="Protocol (default: the spec's, else cpu)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: the spec's, else the protocol's)."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset (default: the spec's, else synthetic)."),
+    results: Path = typer.Option(Path("results"), help="Results folder."),
+    out: Optional[Path] = typer.Option(None, help="Reports folder (default: reports)."),
+    iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, help="Redo runs that already completed."),
+) -> None:
+    """Run every value of one knob through `bench run` machinery; table with the published rows."""
+    from bench.paper_run import ablate as run_ablate
+
+    raise typer.Exit(run_ablate(spec, protocol, _seeds(seeds), dataset, results, out, device, force,
+                                iterations, _progress(), console))
+
+
+@app.command()
+def paper(
+    name: str = typer.Argument(..., help="swin-unet-synapse, swin-unet-skips or swin-unet-acdc."),
+    protocol: Optional[str] = typer.Option(None, help="Protocol (default: cpu)."),
+    dataset: str = typer.Option("synthetic", help="Dataset for our rows."),
+    data_root: Optional[Path] = typer.Option(None, help="With --dataset synapse: the official preprocessed data."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: the protocol's)."),
+    models: Optional[str] = typer.Option(None, help="Extra models to add as our rows."),
+    results: Path = typer.Option(Path("results"), help="Results folder."),
+    out: Optional[Path] = typer.Option(None, help="Reports folder (default: reports)."),
+    iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, help="Redo runs that already completed."),
+) -> None:
+    """Regenerate a published table with our rows (from runs, trained if missing) beside it."""
+    from bench.paper_run import paper_table
+
+    raise typer.Exit(paper_table(name, protocol, _seeds(seeds), dataset, _csv(models), results, out, device,
+                                 force, iterations, _progress(), console, data_root))
 
 
 def main() -> None:

@@ -156,8 +156,8 @@ def class_encoding(root: Path, masks: dict[str, Path], values: dict[str, set[int
     union = set().union(*values.values())
     if union <= {0}:
         raise BenchError(f"{root / 'masks'}: every mask is empty (no foreground anywhere)")
-    binary255 = union <= {0, 255} or (names is not None and len(names) == 1 and union <= {0, 1, 255}
-                                      and not {1, 255} <= union)
+    single = names is None or len(names) == 1
+    binary255 = single and 255 in union and union <= {0, 1, 255} and not {1, 255} <= union
     if names is None and 255 in union and not binary255:
         first = next(c for c, v in values.items() if 255 in v)
         other = next(c for c, v in values.items() if v - {0, 255})
@@ -165,6 +165,9 @@ def class_encoding(root: Path, masks: dict[str, Path], values: dict[str, set[int
                          f"{masks[first].name} uses 255; binary masks are 0/255 or 0/1, class masks 0..K"
                          + _jpeg_hint(masks[other]))
     k = len(names) if names is not None else (1 if binary255 else max(union))
+    if k > 255:
+        first = next(c for c, v in values.items() if max(v) > 255)
+        raise BenchError(f"{masks[first]}: mask value {max(values[first])}; at most 255 classes")
     allowed = set(range(k + 1)) | ({255} if binary255 else set())
     for cid, vals in values.items():
         bad = sorted(vals - allowed)

@@ -41,12 +41,28 @@ def read_image(path: Path) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise BenchError(f"{path}: not found")
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # problems are raised here, one line each
     if path.is_dir():
         return _read_dicom_series(path)
+    _check_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise BenchError(f"{path}: unreadable image file ({_first_line(e)})") from None
+
+
+def _check_complete(path: Path) -> None:
+    """Read NIfTI data once with nibabel: ITK zero-fills a truncated .nii.gz and drops NaNs silently."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(path).dataobj)
+    except Exception as e:  # truncated gzip stream, short file, not a NIfTI header...
+        raise BenchError(f"{path}: unreadable image file ({type(e).__name__}: {_first_line(e)})") from None
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise BenchError(f"{path}: contains NaN or infinite values")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -60,9 +76,20 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise BenchError(f"{folder}: {len(series)} DICOM series in one folder; pass a folder with one series")
     names = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    candidates = {f.name for f in files if f.suffix.lower() in ("", ".dcm", ".ima")}
+    skipped = sorted(candidates - {Path(n).name for n in names})
+    if skipped:  # GDCM leaves out files it cannot parse: a truncated slice, or another series
+        bad = folder / skipped[0]
+        try:
+            sitk.ReadImage(str(bad))
+            what = "not part of the DICOM series in this folder"
+        except RuntimeError:
+            what = "unreadable DICOM file (truncated or not DICOM)"
+        raise BenchError(f"{bad}: {what}" + (f" ({len(skipped)} such files)" if len(skipped) > 1 else ""))
+    _check_slice_positions([Path(n) for n in names])
     reader.SetFileNames(names)
     try:
-        image = reader.Execute()
+        return reader.Execute()
     except RuntimeError as e:
         # name the file that breaks the series, not just the folder
         for name in names:
@@ -71,12 +98,28 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
             except RuntimeError:
                 raise BenchError(f"{name}: unreadable DICOM file in the series") from None
         raise BenchError(f"{folder}: unreadable DICOM series ({_first_line(e)})") from None
-    candidates = {f.name for f in files if f.suffix.lower() in ("", ".dcm", ".ima")}
-    skipped = sorted(candidates - {Path(n).name for n in names})
-    if skipped:
-        raise BenchError(f"{folder / skipped[0]}: not part of the DICOM series "
-                         f"({len(skipped)} such file(s); truncated or foreign?)")
-    return image
+
+
+def _check_slice_positions(names: list[Path]) -> None:
+    """A missing slice makes ITK stack the rest with a wrong spacing (and only warn): refuse it."""
+    positions = []
+    for name in names:
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(name))
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            raise BenchError(f"{name}: unreadable DICOM file (truncated or not DICOM)") from None
+        if not r.HasMetaDataKey("0020|0032"):
+            return  # no positions recorded: nothing to check against
+        positions.append([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+    if len(positions) < 3:
+        return
+    gaps = np.linalg.norm(np.diff(np.array(positions), axis=0), axis=1)
+    if gaps.max() - gaps.min() > 0.01 * gaps.max():
+        k = int(np.argmax(np.abs(gaps - np.median(gaps))))
+        raise BenchError(f"{names[k + 1]}: slice gap of {gaps[k]:.3g} mm where the series has {np.median(gaps):.3g} mm "
+                         "(a missing slice?)")
 
 
 def _first_line(e: Exception) -> str:

@@ -62,23 +62,26 @@ class _Space:
         self.y = (v[None] + 7.0 * self.field(70.0)).astype(np.float32)
         self.z = (self.pos[0] / sz).astype(np.float32)  # one canonical z per slice
 
-    def field(self, cell_mm: float) -> np.ndarray:
-        """Smooth random field of unit variance with correlation length ~cell_mm (all axes).
+    def field(self, cell_mm: float, box=(slice(None),) * 3) -> np.ndarray:
+        """Smooth random field of unit variance with correlation length ~cell_mm (all axes), over
+        the whole grid or only a box of it.
 
         Built as Gaussian bumps on a coarse lattice, summed separably with three small matrices:
         much cheaper than filtering white noise with a wide kernel.
         """
         mats = []
-        for p in (self.pos[0], self.pos[1], self.pos[1]):
+        for p in (self.pos[0][box[0]], self.pos[1][box[1]], self.pos[1][box[2]]):
             knots = np.arange(p[0] - 2 * cell_mm, p[-1] + 2 * cell_mm + 1e-6, cell_mm)
             w = np.exp(-0.5 * ((p[:, None] - knots[None, :]) / cell_mm) ** 2)
             mats.append((w / np.sqrt((w**2).sum(1, keepdims=True))).astype(np.float32))
         c = self.rng.standard_normal(tuple(m.shape[1] for m in mats), dtype=np.float32)
         return np.einsum("ai,bj,ck,ijk->abc", *mats, c, optimize=True)
 
-    def texture(self, sigma_mm: float) -> np.ndarray:
-        """Fine random texture of unit variance: white noise blurred in-plane by sigma_mm."""
-        white = self.rng.standard_normal(self.shape, dtype=np.float32)
+    def texture(self, sigma_mm: float, box=(slice(None),) * 3) -> np.ndarray:
+        """Fine random texture of unit variance: white noise blurred in-plane by sigma_mm, over
+        the whole grid or only a box of it."""
+        shape = tuple(len(range(*b.indices(n))) for b, n in zip(box, self.shape))
+        white = self.rng.standard_normal(shape, dtype=np.float32)
         sig = sigma_mm / self.spacing[1]
         t = ndimage.gaussian_filter(white, (0.0, sig, sig)) if sig > 0.3 else white
         return t / (t.std() + 1e-6)
@@ -208,10 +211,11 @@ class _Canvas:
         self.hu = np.full(shape, -1000.0, np.float32)
         self.label = np.zeros(shape, np.uint8)
 
-    def paint(self, mask: np.ndarray, value, label: int | None = None) -> None:
-        np.copyto(self.hu, value, where=mask)  # one pass; boolean indexing would gather twice
+    def paint(self, mask: np.ndarray, value, label: int | None = None, at=...) -> None:
+        """Set HU (and label) where mask; mask and value cover the box `at` (default: all)."""
+        np.copyto(self.hu[at], value, where=mask)  # one pass; boolean indexing would gather twice
         if label is not None:
-            np.copyto(self.label, label, where=mask)
+            np.copyto(self.label[at], label, where=mask)
 
 
 def _spine_y(z: float) -> float:
@@ -236,30 +240,38 @@ def _body(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid) -> np.ndarray:
     cv.paint(body < 1, -105 + 12 * fine)
     cv.paint((body < wall_in) & ~cavity, 50 + 10 * fine)
     # Ribs: small bright sections in the wall that slant, so they move around the body along z.
-    ribs = (body > wall_in - 0.05) & (body < wall_in) & (z3 < 150 - 80 * (y < -30))
-    ribs &= np.cos(9 * np.arctan2(y, x) + z3 / 14 + rng.uniform(0, 6.3)) > 0.85
-    cv.paint(ribs & ~((np.abs(x) < 45) & (y < 0)), 350 + 80 * mid)
+    band = (body > wall_in - 0.05) & (body < wall_in) & (z3 < 150 - 80 * (y < -30))
+    band &= ~((np.abs(x) < 45) & (y < 0))
+    i = np.nonzero(band)  # a thin shell: cheaper to work on its voxels than on the volume
+    ribs = np.cos(9 * np.arctan2(y[i], x[i]) + sp.z[i[0]] / 14 + rng.uniform(0, 6.3)) > 0.85
+    cv.hu[tuple(a[ribs] for a in i)] = 350 + 80 * mid[i][ribs]
     # Inside the wall: fat, then small-bowel loops in front of the spine below the upper abdomen.
     cv.paint(cavity, -95 + 10 * mid)
-    loops = sp.field(10.0)
-    gut = cavity & (y < SPINE_Y - 25 + 15 * sp.field(40.0)) & (z3 > 30)
-    lumen = gut & (loops > 0.45)
-    cv.paint(gut & (loops > 0), 45 + 45 * con.venous + 10 * fine)  # bowel wall
-    cv.paint(lumen, 15 + 25 * mid + 8 * fine)  # chyme
-    cv.paint(lumen & (sp.texture(5.0) > 1.6), -900.0)  # gas bubbles
+    if b := _bbox(cavity & (y < SPINE_Y - 10) & (z3 > 30)):
+        loops, f = sp.field(10.0, b), fine[b]
+        gut = cavity[b] & (y[b] < SPINE_Y - 25 + 15 * sp.field(40.0, b))
+        lumen = gut & (loops > 0.45)
+        cv.paint(gut & (loops > 0), 45 + 45 * con.venous + 10 * f, at=b)  # bowel wall
+        cv.paint(lumen, 15 + 25 * mid[b] + 8 * f, at=b)  # chyme
+        cv.paint(lumen & (sp.texture(5.0, b) > 1.6), -900.0, at=b)  # gas bubbles
     for pts, r in (([(-100, 15, 150), (-105, 5, 200), (-95, 0, 260)], 22),  # ascending colon
                    ([(105, 25, 100), (110, 25, 170), (95, 10, 260)], 20)):  # descending colon
         colon = (_column(sp, np.asarray(pts) + rng.normal(0, 5, 3), [r, r, r]) < 1) & cavity
-        cv.paint(colon, np.where(mid > 0.8, -950.0, -30 + 70 * mid))
-    transverse = _tube(sp, [(-95, -40, 130), (-40, -80, 118), (40, -80, 112), (95, -30, 100)], [20] * 4)
-    colon = (transverse < 1) & cavity
-    cv.paint(colon, np.where((mid > 0.8) | (y < -75), -950.0, -30 + 70 * mid))
+        if b := _bbox(colon):
+            cv.paint(colon[b], np.where(mid[b] > 0.8, -950.0, -30 + 70 * mid[b]), at=b)
+    colon = (_tube(sp, [(-95, -40, 130), (-40, -80, 118), (40, -80, 112), (95, -30, 100)], [20] * 4)
+             < 1) & cavity
+    if b := _bbox(colon):
+        gas = (mid[b] > 0.8) | (y[b] < -75)  # the transverse colon is in front: gas collects there
+        cv.paint(colon[b], np.where(gas, -950.0, -30 + 70 * mid[b]), at=b)
     # Lung bases and the heart above the domes of the diaphragm.
     for side in (-1, 1):
         lung = _blob(sp, (-90, 28), (side * 85, 20), (side * 90, 35), (62, 75), 0, peak=0.15, power=0.3)
-        cv.paint((lung.level < 1) & cavity, -860 + 30 * fine)
+        if b := _bbox((lung.level < 1) & cavity):
+            cv.paint((lung.level[b] < 1) & cavity[b], -860 + 30 * fine[b], at=b)
     heart = _blob(sp, (-120, 5), (15, -40), (20, -30), (75, 60), -20, peak=0.2)
-    cv.paint((heart.level < 1) & cavity, 40 + 90 * con.enh + 10 * fine)
+    if b := _bbox((heart.level < 1) & cavity):
+        cv.paint((heart.level[b] < 1) & cavity[b], 40 + 90 * con.enh + 10 * fine[b], at=b)
     return cavity
 
 
@@ -284,56 +296,88 @@ def _spine(sp: _Space, cv: _Canvas, fine, mid, cavity) -> None:
     cv.paint((body < 0.87) & ~disc, 200 + 45 * mid)  # cancellous bone inside the cortex
 
 
+def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Smallest box holding every True voxel of mask (None if there is none)."""
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return None
+    sub = mask[zs[0]:zs[-1] + 1]
+    ys, xs = np.flatnonzero(sub.any(axis=(0, 2))), np.flatnonzero(sub.any(axis=(0, 1)))
+    return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+
+
 def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
-    """The eight Synapse organs, plus the duodenum, in painting order (later ones win)."""
+    """The eight Synapse organs, plus the duodenum, in painting order (later ones win).
+
+    Each organ's texture is computed only inside the box around its mask (b), which is where
+    most of the generation time would otherwise go.
+    """
     rng, y, z3 = sp.rng, sp.y, sp.z[:, None, None]
+    ven = con.venous
     # Liver: right lobe plus a left lobe reaching across the midline in front of the stomach.
+    steatosis = 45 * rng.beta(1, 3)  # a fatty liver is darker; most livers are near normal
     liver = np.minimum(
         _blob(sp, (0, 165), (-70, -5), (-85, 10), (82, 92), 0, peak=0.3, power=0.45).level,
-        _blob(sp, (5, 95), (0, -65), (-10, -55), (62, 32), -10, peak=0.35).level)
-    vessels = (np.abs(sp.field(10.0)) < 0.12) & (np.abs(sp.field(14.0)) < 0.7)
-    parenchyma = 60 + 50 * con.venous + 8 * sp.field(25.0)
-    cv.paint((liver < 1) & cavity, np.where(vessels, 40 + 120 * con.venous, parenchyma) + 6 * fine, 5)
+        _blob(sp, (5, 95), (0, -65), (-10, -55), (62, 32), -10, peak=0.35).level) < 1
+    if b := _bbox(liver & cavity):
+        vessels = (np.abs(sp.field(10.0, b)) < 0.12) & (mid[b] > -0.8)
+        parenchyma = 60 + 50 * ven - steatosis + 8 * sp.field(25.0, b)
+        cv.paint((liver & cavity)[b], np.where(vessels, 40 + 120 * ven, parenchyma) + 6 * fine[b], 5,
+                 at=b)
     # Spleen: along the back wall; striped ("zebra") in the arterial phase.
     sp_ = _blob(sp, (15, 115), (95, 45), (90, 30), (30, 58), 35, peak=0.45)
-    stripes = 30 * con.art * np.sin(6 * sp_.u + 2 * sp_.v)
-    cv.paint((sp_.level < 1) & cavity, 55 + 65 * con.enh + stripes + 6 * fine, 7)
+    if b := _bbox((sp_.level < 1) & cavity):
+        stripes = 30 * con.art * np.sin(6 * sp_.u[b] + 2 * sp_.v[b])
+        cv.paint((sp_.level[b] < 1) & cavity[b], 55 + 65 * con.enh + stripes + 6 * fine[b], 7, at=b)
     # Stomach: enhancing wall; water, food or folds inside; gas in front above a fluid level.
     st = _blob(sp, (15, 135), (60, -25), (-5, -50), (52, 42), -35, peak=0.3, power=0.4)
-    m = (st.level < 1) & cavity
-    inner = (10 + 5 * fine, 35 + 30 * mid, np.where(np.sin(9 * st.u + 3 * mid) > 0, 70.0, -10.0))
-    cv.paint(m, np.where(st.level > 0.87, 45 + 50 * con.venous + 8 * fine, inner[rng.choice(3)]), 8)
-    lumen = m & (st.level < 0.87)
-    top = np.where(lumen, y, np.inf).min(axis=(1, 2), keepdims=True)
-    bottom = np.where(lumen, y, -np.inf).max(axis=(1, 2), keepdims=True)
-    with np.errstate(invalid="ignore"):  # slices without stomach give inf - inf
-        cv.paint(lumen & (y < top + rng.uniform(0.0, 0.45) * (bottom - top)), -900.0)
+    content = rng.choice(3)
+    gas_fill = rng.uniform(0.0, 0.45)
+    if b := _bbox((st.level < 1) & cavity):
+        lv, f, yb = st.level[b], fine[b], y[b]
+        inner = (lambda: 10 + 5 * f, lambda: 35 + 30 * mid[b],
+                 lambda: np.where(np.sin(9 * st.u[b] + 3 * mid[b]) > 0, 70.0, -10.0))[content]()
+        m = (lv < 1) & cavity[b]
+        cv.paint(m, np.where(lv > 0.87, 45 + 50 * ven + 8 * f, inner), 8, at=b)
+        lumen = m & (lv < 0.87)
+        top = np.where(lumen, yb, np.inf).min(axis=(1, 2), keepdims=True)
+        bottom = np.where(lumen, yb, -np.inf).max(axis=(1, 2), keepdims=True)
+        with np.errstate(invalid="ignore"):  # slices without lumen give inf - inf
+            cv.paint(lumen & (yb < top + gas_fill * (bottom - top)), -900.0, at=b)
     duod = _tube(sp, [(-15, -25, 100), (-48, -12, 112), (-55, 15, 128), (-35, 32, 143), (0, 28, 150)],
                  [12, 13, 13, 12, 11])
-    cv.paint((duod < 1) & cavity, np.where(duod > 0.7, 50 + 40 * con.venous, 20 + 25 * mid), 0)
+    if b := _bbox((duod < 1) & cavity):
+        cv.paint((duod[b] < 1) & cavity[b],
+                 np.where(duod[b] > 0.7, 50 + 40 * ven, 20 + 25 * mid[b]), 0, at=b)
     # Pancreas: a lobulated band from the splenic hilum (tail, higher) to the duodenum (head).
     panc = _tube(sp, [(85, 20, 92), (55, 5, 97), (22, -10, 103), (-5, -18, 110), (-28, -5, 120),
-                      (-18, 12, 133)], [12, 14, 15, 16, 20, 14])
-    fatty = rng.uniform(0.6, 1.4)  # fat between the lobules, more in older patients
-    lobules = np.where(fine > fatty, -40 + 20 * mid, 45 + 50 * con.venous + 8 * fine)
-    cv.paint((panc < 1) & cavity, lobules, 6)
+                      (-18, 12, 133)], [13, 15, 17, 17, 21, 15], jitter=0.6)
+    fatty = rng.uniform(1.0, 1.8)  # fat between the lobules, more in older patients
+    if b := _bbox((panc < 1) & cavity):
+        lobules = np.where(fine[b] > fatty, -40 + 20 * mid[b], 45 + 50 * ven + 8 * fine[b])
+        cv.paint((panc[b] < 1) & cavity[b], lobules, 6, at=b)
     gb = _blob(sp, (95, 165), (-45, -35), (-68, -40), (19, 29), 70, peak=0.45)
-    bile = np.where(gb.level > 0.85, 40 + 30 * con.venous, rng.uniform(0, 25) + 4 * fine)
-    cv.paint((gb.level < 1) & cavity, bile, 2)
+    bile_hu = rng.uniform(0, 25)
+    if b := _bbox((gb.level < 1) & cavity):
+        bile = np.where(gb.level[b] > 0.85, 40 + 30 * ven, bile_hu + 4 * fine[b])
+        cv.paint((gb.level[b] < 1) & cavity[b], bile, 2, at=b)
     # Kidneys: cortex, medullary pyramids, sinus fat and pelvis at the hilum facing forward-inward.
     for organ, side, zr in ((3, 1, (85, 195)), (4, -1, (100, 210))):
         k = _blob(sp, zr, (side * 70, 55), (side * 72, 60), (26, 32), 180 - side * 140, power=0.45,
                   harm=0.08)
-        m = (k.level < 1) & cavity
-        pyramid = np.cos(7 * np.arctan2(k.v, k.u - 0.4)) > 0.1
+        if not (b := _bbox((k.level < 1) & cavity)):
+            continue
+        u, v, lv, f = k.u[b], k.v[b], k.level[b], fine[b]
+        m = (lv < 1) & cavity[b]
         cortex = 50 + 150 * con.enh
+        pyramid = np.cos(7 * np.arctan2(v, u - 0.4)) > 0.1
         medulla = np.where(pyramid, 40 + (60 + 70 * (1 - con.art)) * con.enh, cortex)
-        val = np.where(k.level > 0.78, cortex, medulla) + 10 * fine
-        sinus = ((k.u - 0.45) ** 2 / 0.2 + k.v**2 / 0.1 < 1) & (np.abs(z3 - sum(zr) / 2) < 30)
-        cv.paint(m, np.where(sinus, np.where(mid > 0.5, 5.0, -60 + 20 * fine), val), organ)
-        cv.paint(m & sinus & (k.u > 0.8), -80 + 15 * fine, 0)  # the hilum opens to the outside
-    cv.paint(_column(sp, _vertical(10, -35 + rng.normal(0, 3), z1=_bif(sp)), (14, 14)) < 1,
-             con.artery + 10 * fine, 1)
+        val = np.where(lv > 0.78, cortex, medulla) + 10 * f
+        sinus = ((u - 0.45) ** 2 / 0.2 + v**2 / 0.1 < 1) & (np.abs(z3[b[0]] - sum(zr) / 2) < 30)
+        cv.paint(m, np.where(sinus, np.where(mid[b] > 0.5, 5.0, -60 + 20 * f), val), organ, at=b)
+        cv.paint(m & sinus & (u > 0.8), -80 + 15 * f, 0, at=b)  # the hilum opens to the outside
+    aorta = _column(sp, _vertical(10, -35 + rng.normal(0, 3), z1=_bif(sp)), (15, 15)) < 1
+    cv.paint(aorta, con.artery + 10 * fine, 1)
 
 
 def _bif(sp: _Space) -> float:
@@ -362,7 +406,7 @@ def _vessels(sp: _Space, cv: _Canvas, con: _Contrast, fine) -> None:
 def make_case(rng: np.random.Generator, size: int = 160, slice_mm: float = 5.0) -> Case:
     """Draw one abdominal scan: HU volume, Synapse label volume and voxel spacing."""
     sp = _Space(rng, size, slice_mm)
-    con = _Contrast(enh=rng.uniform(0.75, 1.25), art=rng.uniform(0.0, 1.0))
+    con = _Contrast(enh=rng.uniform(0.85, 1.15), art=rng.uniform(0.0, 1.0))
     cv = _Canvas(sp.shape)
     fine, mid = sp.texture(1.2), sp.texture(3.0)
     cavity = _body(sp, cv, con, fine, mid)
@@ -372,5 +416,5 @@ def make_case(rng: np.random.Generator, size: int = 160, slice_mm: float = 5.0) 
     # The scanner: slight blur (partial volume), then correlated noise at this scan's dose.
     hu = ndimage.gaussian_filter(cv.hu, (0, 0.6, 0.6))
     noise = ndimage.gaussian_filter(rng.standard_normal(sp.shape, dtype=np.float32), (0, 0.7, 0.7))
-    hu += noise * (rng.uniform(10.0, 22.0) / noise.std())
+    hu += noise * (rng.uniform(8.0, 16.0) / noise.std())
     return Case(hu.astype(np.float32), cv.label, sp.spacing)

@@ -50,6 +50,43 @@ class Evaluation(_Strict):
     nsd_tolerance_mm: float = 2.0
 
 
+class Validation(_Strict):
+    """Held-out training cases used by the learning-rate search (never the test cases)."""
+
+    fraction: float = 0.2
+    interval: int | None = None  # iterations between validation scores; None: once, at the end
+
+    @model_validator(mode="after")
+    def _check(self) -> "Validation":
+        if not 0 < self.fraction < 1:
+            raise ValueError("validation.fraction must be between 0 and 1")
+        if self.interval is not None and self.interval <= 0:
+            raise ValueError("validation.interval must be positive")
+        return self
+
+
+class Tuning(_Strict):
+    """The learning-rate search space (log-uniform) and its pruner; weight decay and batch
+    size are searched only when asked (``bench tune --search``)."""
+
+    lr_min: float = 1e-3
+    lr_max: float = 1e-1
+    weight_decay_min: float = 1e-6
+    weight_decay_max: float = 1e-2
+    batch_sizes: list[int] = []  # choices; empty: half, the same as and double the protocol's
+    pruner: Literal["median", "none"] = "median"
+    sampler_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "Tuning":
+        for lo, hi in (("lr_min", "lr_max"), ("weight_decay_min", "weight_decay_max")):
+            if not 0 < getattr(self, lo) < getattr(self, hi):
+                raise ValueError(f"need 0 < tuning.{lo} < tuning.{hi}")
+        if any(b <= 0 for b in self.batch_sizes):
+            raise ValueError("tuning.batch_sizes must be positive")
+        return self
+
+
 class Protocol(_Strict):
     name: str
     description: str = ""
@@ -66,6 +103,8 @@ class Protocol(_Strict):
     loss: Loss = Loss()
     augmentation: Augmentation = Augmentation()
     evaluation: Evaluation = Evaluation()
+    validation: Validation = Validation()
+    tuning: Tuning = Tuning()
     checkpoint_every: int = 500
     num_workers: int = 0
     divergence_loss: float = 1e4  # a loss above this (or NaN) stops the run as diverged
@@ -96,8 +135,12 @@ class Protocol(_Strict):
         return self.base_lr
 
     def hash(self) -> str:
-        """Short sha256 over every field that can change a result (not name or description)."""
-        data = self.model_dump(exclude={"name", "description"})
+        """Short sha256 over every field that can change a run's result.
+
+        Not the name or description, and not the validation / tuning settings, which only
+        the learning-rate search reads.
+        """
+        data = self.model_dump(exclude={"name", "description", "validation", "tuning"})
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -26,6 +26,7 @@ from bench.results import (
 )
 from bench.train import Diverged, Interrupted, seed_everything, train
 from models import create_model
+from models.compute import gflops
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class RunSpec:
     lr_source: str
     weights: str | None = None
     knobs: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The run's model folder name: the registry name, plus its knobs when set."""
+        if not self.knobs:
+            return self.model
+        return self.model + "@" + ",".join(f"{k}={v}" for k, v in sorted(self.knobs.items()))
 
 
 @dataclass
@@ -60,8 +68,11 @@ def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
 
 
 def config_key(config: dict) -> str:
-    """Hash of what decides the numbers (the data's location may move without changing them)."""
-    data = {k: v for k, v in config.items() if k != "dataset"} | {"data": config["dataset"]["fingerprint"]}
+    """Hash of what decides the numbers (the data's location may move without changing them,
+    and the protocol's validation / tuning sections are read by the LR search only)."""
+    protocol = {k: v for k, v in config["protocol"].items() if k not in ("validation", "tuning")}
+    data = {k: v for k, v in config.items() if k != "dataset"} | {"data": config["dataset"]["fingerprint"],
+                                                                 "protocol": protocol}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -90,7 +101,7 @@ def execute(
     Without ``wait`` a run locked by another process comes back as ``locked`` (the sweep
     returns to it later with ``wait=True`` and then reuses what the other process made).
     """
-    run = RunId(ds.name, protocol.name, spec.model, spec.seed)
+    run = RunId(ds.name, protocol.name, spec.label, spec.seed)
     run_dir = run_path(results, run)
     config = run_config(spec, protocol, ds)
     key = config_key(config)
@@ -118,12 +129,13 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
     }
     write_json(run_dir / MANIFEST, manifest)
     t0 = time.perf_counter()
-    label = f"{spec.model} seed {spec.seed}"
+    label = f"{spec.label} seed {spec.seed}"
     try:
         seed_everything(spec.seed)  # identical initial weights for the same seed
         model = create_model(spec.model, num_classes=ds.num_classes, in_channels=1,
                              img_size=protocol.input_size, weights=spec.weights, **spec.knobs)
         manifest["parameters"] = sum(p.numel() for p in model.parameters())
+        manifest["gflops"] = gflops(model, protocol.input_size)
         manifest["pretrained"] = spec.weights is not None
         result = train(model, ds, protocol, spec.seed, run_dir, spec.lr, device, progress, label, say)
         manifest.update(iterations=result.iterations, resumed_from=result.resumed_from,
@@ -152,3 +164,27 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
     (run_dir / (CHECKPOINT + ".prev")).unlink(missing_ok=True)
     write_json(run_dir / MANIFEST, manifest)  # last: only now does the run count as complete
     return Outcome(run, run_dir, status, message)
+
+
+def run_jobs(
+    jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, results: Path, device: torch.device,
+    force: bool, progress: Progress,
+) -> list[Outcome]:
+    """Execute runs in order; runs another process holds are done last, after waiting for it."""
+    say = progress.console.print
+    outcomes = []
+    with progress:
+        for spec, proto in jobs:
+            outcomes.append(execute(spec, proto, ds, results, device, force, progress, say=say))
+            _say_outcome(say, outcomes[-1])
+        for i, (spec, proto) in enumerate(jobs):
+            if outcomes[i].status == "locked":
+                say(f"waiting for another process: {outcomes[i].message}")
+                outcomes[i] = execute(spec, proto, ds, results, device, force, progress, say=say, wait=True)
+                _say_outcome(say, outcomes[i])
+    return outcomes
+
+
+def _say_outcome(say, out: Outcome) -> None:
+    note = f" ({out.message})" if out.message else ""
+    say(f"{out.run.model} seed {out.run.seed}: {out.status}{note} -> {out.path}")

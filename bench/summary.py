@@ -16,16 +16,41 @@ from bench.errors import BenchError
 from bench.results import atomic_write
 
 
+def seed_organ_means(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Long rows (model, seed, label, organ, value): the mean over cases of one seed, NaN skipped."""
+    df = metrics[metrics["metric"] == metric]
+    return df.groupby(["model", "seed", "label", "organ"], sort=False)["value"].mean().reset_index()
+
+
 def organ_means(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
     """model x organ means (over cases per seed, then over seeds), plus a 'mean' column."""
-    df = metrics[metrics["metric"] == metric]
-    per_seed = df.groupby(["model", "seed", "label", "organ"], sort=False)["value"].mean().reset_index()
+    per_seed = seed_organ_means(metrics, metric)
     per_model = per_seed.groupby(["model", "label", "organ"], sort=False)["value"].mean().reset_index()
     table = per_model.sort_values("label").pivot(index="model", columns="organ", values="value")
     organs = per_model.sort_values("label")["organ"].unique().tolist()
     table = table[organs]
     table.insert(0, "mean", table.mean(axis=1))
     return table
+
+
+OVERALL = "mean"  # the organ name under which organ_mean_sd reports the mean over organs
+
+
+def organ_mean_sd(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Long rows (model, label, organ, mean, sd, seeds): spread over seeds of the per-seed means.
+
+    Each seed's organ value is its mean over cases; the ``OVERALL`` row (label 0) takes each
+    seed's mean over organs first, so its sd is the spread of that seed-level number. sd is the
+    sample standard deviation (ddof 1): NaN with a single seed. The means equal ``organ_means``
+    whenever every organ has a value in every seed (always, under the synapse convention).
+    """
+    per_seed = seed_organ_means(metrics, metric)
+    overall = per_seed.groupby(["model", "seed"], sort=False)["value"].mean().reset_index()
+    overall["label"], overall["organ"] = 0, OVERALL
+    rows = pd.concat([overall, per_seed], ignore_index=True)
+    out = rows.groupby(["model", "label", "organ"], sort=False)["value"].agg(
+        mean="mean", sd=lambda v: v.std(ddof=1), seeds="count").reset_index()
+    return out.sort_values(["model", "label"], kind="stable").reset_index(drop=True)
 
 
 def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """``bench run``: resolve the inputs once, run every (model, seed), print the table."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from bench.errors import BenchError
 from bench.env import pick_device
 from bench.protocol import load_protocol
 from bench.results import RunId, read_metrics, run_path
-from bench.runner import RunSpec, check_conflict, config_key, execute, run_config
+from bench.runner import RunSpec, check_conflict, config_key, run_config, run_jobs
 from bench.train import Interrupted
 from bench.summary import render_rich, summary_table, write_summary
 from models import is_model, list_models
@@ -38,16 +39,44 @@ def _check_writable(results: Path) -> None:
                          "for checkpoints and predictions")
 
 
-def _say_outcome(console: Console, out) -> None:
-    note = f" ({out.message})" if out.message else ""
-    console.print(f"{out.run.model} seed {out.run.seed}: {out.status}{note} -> {out.path}")
+def _parse_lr(lr: str | float | None) -> float | None:
+    if lr is None:
+        return None
+    try:
+        value = float(lr)
+    except ValueError:
+        raise BenchError(f"--lr expects a number or 'tuned', got '{lr}'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise BenchError(f"--lr must be a positive number, got '{lr}'")
+    return value
+
+
+def _tuned_lrs(models: list[str], ds, proto, results: Path, storage: str | None, studies: list[str],
+               say) -> dict[str, tuple[float, str]]:
+    """Each model's best learning rate from its study (``--lr tuned``), with its source."""
+    from bench.studies import default_storage_url, study_name, tuned_lr
+
+    if studies and len(studies) != len(models):
+        raise BenchError(f"--study names one study per model: {len(studies)} names for {len(models)} models")
+    names = studies or [study_name(ds.name, m, proto) for m in models]
+    url = storage or default_storage_url(results)
+    return {m: tuned_lr(url, name, m, proto, say) for m, name in zip(models, names)}
+
+
+def _describe_lrs(lrs: dict[str, tuple[float, str]]) -> str:
+    pairs = set(lrs.values())
+    if len(pairs) == 1:
+        value, source = pairs.pop()
+        return f"{value:g} ({source})"
+    return ", ".join(f"{m} {value:g} ({source})" for m, (value, source) in lrs.items())
 
 
 def sweep(
     models: list[str], dataset: str, protocol: str, seeds: list[str], results: Path, reports: Path,
-    lr: float | None, iterations: int | None, checkpoint_every: int | None, weights: dict[str, str],
+    lr: str | float | None, iterations: int | None, checkpoint_every: int | None, weights: dict[str, str],
     device: str, force: bool, console: Console, progress: Progress,
-    data_root: Path | None = None, fold: int | None = None,
+    data_root: Path | None = None, fold: int | None = None, storage: str | None = None,
+    studies: list[str] | None = None,
 ) -> int:
     """Run the sweep; returns the exit status (0 when every run completed or was reused)."""
     if not models:
@@ -64,36 +93,32 @@ def sweep(
         raise BenchError(f"--seeds expects comma-separated integers, got '{','.join(seeds)}'") from None
     proto = load_protocol(protocol).override(iterations=iterations, checkpoint_every=checkpoint_every)
     seed_list = seed_list or list(proto.seeds)
-    base_lr = lr if lr is not None else proto.effective_lr()
-    lr_source = "flag --lr" if lr is not None else f"protocol {proto.name}"
+    tuned = isinstance(lr, str) and lr.strip().lower() == "tuned"
+    if (storage or studies) and not tuned:
+        raise BenchError("--storage and --study choose a tuning study: use them with --lr tuned")
+    fixed = None if tuned else _parse_lr(lr)
     _check_writable(results)
     ds = resolve_dataset(dataset, say=console.print, data_root=data_root, fold=fold)
     dev = pick_device(device)
+    if tuned:
+        lrs = _tuned_lrs(models, ds, proto, results, storage, studies or [], console.print)
+    else:
+        lrs = {m: (fixed, "flag --lr") if fixed is not None else (proto.effective_lr(), f"protocol {proto.name}")
+               for m in models}
 
-    specs = [RunSpec(m, s, base_lr, lr_source, weights.get(m)) for m in models for s in seed_list]
+    specs = [RunSpec(m, s, *lrs[m], weights.get(m)) for m in models for s in seed_list]
     if not force:  # refuse before any training rather than after an hour of it
         for spec in specs:
-            run = run_path(results, RunId(ds.name, proto.name, spec.model, spec.seed))
+            run = run_path(results, RunId(ds.name, proto.name, spec.label, spec.seed))
             msg = check_conflict(run, config_key(run_config(spec, proto, ds)))
             if msg:
                 raise BenchError(msg)
 
     console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/] "
                   f"({len(ds.train_slices)} training slices, {len(ds.test_cases)} test cases), "
-                  f"device {dev}, lr {base_lr:g} ({lr_source}), seeds {seed_list}")
-    outcomes = []
+                  f"device {dev}, lr {_describe_lrs(lrs)}, seeds {seed_list}")
     try:
-        with progress:
-            for spec in specs:
-                outcomes.append(execute(spec, proto, ds, results, dev, force, progress, say=progress.console.print))
-                _say_outcome(progress.console, outcomes[-1])
-            # runs another process holds: wait for it, then reuse its result
-            for i, spec in enumerate(specs):
-                if outcomes[i].status == "locked":
-                    progress.console.print(f"waiting for another process: {outcomes[i].message}")
-                    outcomes[i] = execute(spec, proto, ds, results, dev, force, progress,
-                                          say=progress.console.print, wait=True)
-                    _say_outcome(progress.console, outcomes[i])
+        outcomes = run_jobs([(spec, proto) for spec in specs], ds, results, dev, force, progress)
     except Interrupted as e:
         console.print(f"[yellow]interrupted[/]: {e}; run the same command again to resume")
         return 130
@@ -111,5 +136,19 @@ def sweep(
     bad = [o for o in outcomes if o.status not in ("complete", "skipped")]
     for o in bad:
         console.print(f"[red]{o.status}[/]: {o.run.model} seed {o.run.seed}: {o.message}")
+    _report(results, reports, [o.path for o in outcomes], console, f"--dataset {ds.name} --protocol {proto.name}")
     return 1 if bad else 0
+
+
+def _report(results: Path, reports: Path, runs: list[Path], console: Console, select: str) -> None:
+    """The full report of the runs just made; a report error never costs the runs themselves."""
+    from bench.report import build_report
+
+    try:
+        rep = build_report(results, reports=reports, runs=runs)
+    except Exception as e:  # the runs are on disk: say how to retry, keep the sweep's exit status
+        console.print(f"[yellow]report not written[/]: {type(e).__name__}: {e}; retry with `bench report "
+                      f"--results {results} {select}`")
+        return
+    console.print(f"report written to {rep.html}")
 

@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -140,8 +141,13 @@ def train(
     progress: Progress | None = None,
     label: str = "train",
     say=print,
+    on_iteration: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place under ``protocol``; resumes from ``run_dir``'s checkpoint if any."""
+    """Train ``model`` in place under ``protocol``; resumes from ``run_dir``'s checkpoint if any.
+
+    ``on_iteration(done)`` runs after every iteration (the LR search validates and prunes
+    there); it may switch the model to eval mode, training mode is restored afterwards.
+    """
     seed_everything(seed)
     model.to(device)
     max_iter = protocol.max_iterations(len(ds.train_slices))
@@ -183,6 +189,9 @@ def train(
         _write_log(run_dir, log)
 
     task = progress.add_task(label, total=max_iter, completed=start, loss=float("nan"), lr=base_lr) if progress else None
+    # Without a terminal (CI logs, nohup) the bar is invisible: print a line every tenth instead.
+    interactive = progress is not None and progress.console.is_terminal
+    report_every = max(1, max_iter // 10)
     model.train()
     t0 = time.perf_counter()
     images = 0
@@ -207,9 +216,17 @@ def train(
             log.append({"iteration": it, "loss": f"{value:.6f}", "ce": f"{ce.item():.6f}",
                         "dice": f"{dice.item():.6f}", "lr": f"{lr:.8g}",
                         "seconds": f"{time.perf_counter() - t0:.3f}"})
+            done = it + 1
+            if on_iteration is not None:
+                on_iteration(done)
+                model.train()
             if progress is not None:
                 progress.update(task, advance=1, loss=value, lr=lr)
-            done = it + 1
+            if not interactive and (done % report_every == 0 or done == max_iter):
+                spent = time.perf_counter() - t0
+                eta = spent / (done - start) * (max_iter - done)
+                say(f"{label}: iteration {done}/{max_iter}  loss {value:.4f}  lr {lr:.2e}  "
+                    f"{spent:.0f} s elapsed, eta {eta:.0f} s")
             if done < max_iter and (done % protocol.checkpoint_every == 0 or stop.signal):
                 checkpoint(done)
             if stop.signal:

@@ -157,7 +157,8 @@ class TransUNet(nn.Module):
                 nn.init.normal_(fc.bias, std=1e-6)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
         self.decoder = DecoderCup(hidden_size, decoder_channels, skip_connections)
-        self.segmentation_head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=3, padding=1)
+        # a Sequential for the official key (``segmentation_head.0``; its upsampling slot is unused)
+        self.segmentation_head = nn.Sequential(nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or tuple(x.shape[-2:]) != self.img_size:

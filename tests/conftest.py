@@ -20,8 +20,13 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return synth.generate(root, seed=0, size=64, train_cases=("0005", "0006"), test_cases=("0001",))
 
 
+def subprocess_env() -> dict[str, str]:
+    """Subprocess environment: one torch thread each, so concurrent test processes don't thrash."""
+    return dict(os.environ, COLUMNS="200", NO_COLOR="1", OMP_NUM_THREADS="1")
+
+
 def bench_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m bench ARGS`` in a fresh process and capture its output."""
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1")
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import bench_cli
+from conftest import bench_cli, subprocess_env
 
 pytestmark = pytest.mark.faults
 RUN = ["run", "--protocol", "smoke", "--iterations", "40", "--checkpoint-every", "10"]
@@ -43,8 +43,7 @@ def reference(tiny_dataset, tmp_path_factory) -> Path:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, COLUMNS="200")
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

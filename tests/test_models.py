@@ -1,9 +1,10 @@
 """Contract tests over every registered model, plus the architecture facts we must match.
 
-Models are built at a 64 x 64 input (a multiple of Swin-Unet's 32 and the U-Net's 16; at 32 the
-Swin bottleneck is one token, whose position bias gets no gradient) with 3 classes, and Swin-Unet
-variants at a narrow width (CONTRACT_KNOBS): the knob a variant stands for (skips, upsampling, depth)
-is kept, and the full-width structure and parameter counts are checked separately at the paper's size.
+Models are built at a 64 x 64 input (a multiple of Swin-Unet's and the smp encoders' 32, and the
+U-Net's and TransUNet's 16; at 32 the Swin bottleneck is one token, whose position bias gets no
+gradient) with 3 classes, and Swin-Unet and TransUNet variants at a narrow width (CONTRACT_KNOBS): the
+knob a variant stands for (skips, upsampling, depth) is kept, and the full-width structure and
+parameter counts are checked separately at the paper's size.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import create_model, list_models
+from models import create_model, is_model, list_models
 from models.swinunet import SwinUnet, resolve_window_size
 
 SIZE = 64
 NUM_CLASSES = 3
 # per-family overrides that keep the contract tests light on a shared CPU
-CONTRACT_KNOBS = {"swinunet*": dict(embed_dim=24, num_heads=(1, 2, 4, 8))}
+CONTRACT_KNOBS = {
+    "swinunet*": dict(embed_dim=24, num_heads=(1, 2, 4, 8)),
+    "transunet*": dict(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, resnet_layers=(1, 1, 1)),
+}
 
 
 def _contract_knobs(name: str) -> dict:
@@ -91,6 +95,42 @@ def test_swinunet_parameter_count() -> None:
 
 def test_unet_parameter_count() -> None:
     assert _count(create_model("unet", num_classes=9, in_channels=1)) == 24_898_953
+
+
+@pytest.mark.parametrize("name,count", [("transunet", 105_277_081), ("transunet-skip0", 103_765_657)])
+def test_transunet_parameter_count(name: str, count: int) -> None:
+    # counted on the official R50-ViT-B_16 (n_skip 3 and 0, 9 classes, 224): Beckschen/TransUNet @ 02ef001
+    assert _count(create_model(name, num_classes=9, in_channels=1, img_size=224)) == count
+
+
+def test_smp_names_resolve_without_registration() -> None:
+    m = create_model("smp-MAnet-efficientnet-b0", num_classes=NUM_CLASSES, img_size=SIZE)
+    assert type(m).__name__ == "MAnet" and m.encoder_name == "efficientnet-b0" and m.pretrained_from is None
+    assert is_model("smp-linknet-resnet18") and not is_model("smp-linknet-resnet19")
+    assert "smp-unet-resnet34" in list_models("smp-*") and "smp-manet-efficientnet-b0" not in list_models()
+
+
+@pytest.mark.parametrize("name,match", [
+    ("smp-unet3d-resnet34", r"'unet3d' is not an smp architecture.*deeplabv3plus.*unetplusplus"),
+    ("smp-unet-resnet19", r"'resnet19' is not an smp encoder; valid encoders: resnet18, resnet34"),
+    ("smp-unet", r"'' is not an smp encoder"),
+    ("smp-unet-tu-not_a_timm_model", r"tu-<timm model name>"),
+    ("transunet-huge", r"unknown model 'transunet-huge'; valid models: .*transunet-tiny.*'smp-\.\.\.'"),
+])
+def test_unknown_names_explain_themselves(name: str, match: str) -> None:
+    with pytest.raises(KeyError, match=match) as info:
+        create_model(name)
+    assert str(info.value).startswith(f"unknown model '{name}'")
+
+
+def test_smp_input_checks() -> None:
+    with pytest.raises(ValueError, match="divisible by 32, got 100"):
+        create_model("smp-unet-resnet34", img_size=100)
+    with pytest.raises(ValueError, match="never download"):
+        create_model("smp-unet-resnet34", img_size=SIZE, encoder_weights="imagenet")
+    # smp's own U-Net would resize a 72 x 72 input silently; every comparison model refuses it
+    with pytest.raises(ValueError, match=r"divisible by 32, got \(1, 1, 72, 72\)"):
+        create_model("smp-unet-resnet18", img_size=SIZE)(torch.randn(1, 1, 72, 72))
 
 
 def test_swinunet_official_key_names() -> None:

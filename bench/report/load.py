@@ -1,0 +1,184 @@
+"""Reading what runs wrote (manifests, metrics, training logs) and the fairness guard.
+
+Nothing here trains or scores: the report is built from run folders alone. Runs whose numbers
+are not comparable (another dataset, protocol hash or metric convention) form separate
+*cohorts*; more than one cohort stops the report unless ``allow_mixed``, and then every model
+is labelled with its cohort (``unet [smoke 8de840]``) so that nothing is pooled silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.results import METRICS, TRAIN_LOG, find_runs, parse_run_path, read_manifest
+
+# What must agree for two runs to be compared; the display name of each field.
+COHORT_FIELDS = {"dataset": "dataset", "fingerprint": "split", "protocol": "protocol",
+                 "protocol_hash": "hash", "convention": "convention"}
+RUN_COLUMNS = ["path", "arm", "model", "seed", "status", "error", *COHORT_FIELDS, "pretrained", "weights",
+               "parameters", "gflops", "train_images_per_second", "train_seconds", "wall_seconds",
+               "iterations", "lr", "lr_source"]
+
+
+@dataclass
+class Loaded:
+    """The runs of one report: one row per run, the metrics of the usable ones, their manifests."""
+
+    runs: pd.DataFrame  # RUN_COLUMNS; ``arm`` is the model name, with its cohort when mixed
+    metrics: pd.DataFrame  # long rows of complete runs, ``model`` replaced by the arm
+    manifests: dict[str, dict]  # run path -> manifest
+    cohorts: list[dict]
+    mixed: bool
+    organs: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == "complete"]
+
+    def arms(self) -> list[str]:
+        """Arms with numbers, in name order."""
+        return sorted(self.metrics["model"].unique()) if len(self.metrics) else []
+
+
+def _row(path: Path, m: dict | None) -> dict:
+    try:
+        rid = parse_run_path(path)
+    except BenchError:
+        rid = None
+    if m is None:  # torn manifest: still a row, never silently dropped
+        return {"path": str(path), "model": rid.model if rid else path.parent.name, "seed": rid.seed if rid else -1,
+                "status": "unreadable", "error": "manifest.json could not be parsed",
+                "dataset": rid.dataset if rid else "?", "protocol": rid.protocol if rid else "?"}
+    run = m.get("run") or {}
+    ds = m.get("dataset") or {}
+    return {
+        "path": str(path), "model": run.get("model", m.get("model")), "seed": int(run.get("seed", m.get("seed", -1))),
+        "status": m.get("status", "unknown"), "error": m.get("error"),
+        "dataset": ds.get("name", run.get("dataset")), "fingerprint": ds.get("fingerprint"),
+        "protocol": m.get("protocol_name", run.get("protocol")), "protocol_hash": m.get("protocol_hash"),
+        "convention": m.get("convention"),
+        "pretrained": m.get("pretrained", m.get("weights") is not None), "weights": m.get("weights"),
+        **{k: m.get(k) for k in ("parameters", "gflops", "train_images_per_second", "train_seconds",
+                                 "wall_seconds", "iterations", "lr", "lr_source")},
+    }
+
+
+def _cohort_key(row: pd.Series) -> tuple:
+    return tuple(str(row[f]) for f in COHORT_FIELDS)
+
+
+def _arm_labels(runs: pd.DataFrame) -> pd.Series:
+    """The model name, followed by the cohort fields that differ between cohorts (when mixed)."""
+    varying = [f for f in COHORT_FIELDS if runs[f].astype(str).nunique() > 1]
+    if not varying:
+        return runs["model"].astype(str)
+
+    def label(row: pd.Series) -> str:
+        parts = [f"{COHORT_FIELDS[f]} {str(row[f])[:6]}" if f in ("protocol_hash", "fingerprint") else str(row[f])
+                 for f in varying]
+        return f"{row['model']} [{' '.join(parts)}]"
+
+    return runs.apply(label, axis=1)
+
+
+def describe_cohorts(runs: pd.DataFrame) -> list[dict]:
+    """One dict per cohort: its fields and the runs in it (model -> seeds)."""
+    out = []
+    if runs.empty:
+        return out
+    for key, group in runs.groupby(runs.apply(_cohort_key, axis=1), sort=True):
+        members = {m: sorted(g["seed"].tolist()) for m, g in group.groupby("model")}
+        out.append(dict(zip(COHORT_FIELDS, key)) | {"runs": members})
+    return out
+
+
+def mismatch_message(cohorts: list[dict], hint: bool = True) -> str:
+    """One line naming what differs and which runs sit on each side (and, with ``hint``, what to do)."""
+    differ = [COHORT_FIELDS[f] for f in COHORT_FIELDS if len({c[f] for c in cohorts}) > 1]
+    sides = []
+    for c in cohorts:
+        who = "; ".join(f"{m} seed{'s' if len(s) > 1 else ''} {','.join(map(str, s))}" for m, s in c["runs"].items())
+        sides.append(f"{c['dataset']}/{c['protocol']} hash {c['protocol_hash']} convention {c['convention']} ({who})")
+    text = f"runs differ in {', '.join(differ)} and are not comparable: " + " | ".join(sides)
+    if hint:
+        text += (". Select one with --dataset / --protocol / --convention, or pass --allow-mixed to show "
+                 "them side by side, marked")
+    return text
+
+
+def load_runs(
+    results: Path, runs: list[Path] | None = None, dataset: str | None = None, protocol: str | None = None,
+    convention: str | None = None, allow_mixed: bool = False,
+) -> Loaded:
+    """Read the given run folders (default: every run under ``results``), filtered and checked.
+
+    ``convention`` picks the metric rows to report (``bench evaluate`` can add rows of another
+    convention to a run); by default each run's own. A complete run without rows of that
+    convention becomes a ``no-metrics`` row with the command that adds them.
+    """
+    paths = [Path(p) for p in runs] if runs is not None else find_runs(results)
+    if not paths:
+        raise BenchError(f"no runs found under {results} (expected <dataset>/<protocol>/<model>/seed<k>/manifest.json)")
+    manifests = {str(p): read_manifest(p) for p in paths}
+    df = pd.DataFrame([_row(p, manifests[str(p)]) for p in paths]).reindex(columns=RUN_COLUMNS)
+    for name, value in (("dataset", dataset), ("protocol", protocol)):
+        if value is not None:
+            if value not in set(df[name]):
+                raise BenchError(f"--{name} {value}: no runs; found {', '.join(sorted(map(str, set(df[name]))))}")
+            df = df[df[name] == value]
+
+    if convention is not None:  # failed runs have no numbers: they sit with the chosen convention
+        df["convention"] = convention
+    df = df.sort_values(["model", "seed"], kind="stable").reset_index(drop=True)
+
+    frames: dict[int, pd.DataFrame] = {}
+    for i, row in df.iterrows():
+        if row["status"] != "complete":
+            continue
+        path = Path(row["path"]) / METRICS
+        try:
+            rows = pd.read_parquet(path)
+        except Exception as e:  # missing or torn: the run is listed with the reason, not dropped
+            df.loc[i, ["status", "error"]] = ["no-metrics", f"{METRICS} unreadable ({type(e).__name__}: {e})"]
+            continue
+        rows = rows[rows["convention"] == row["convention"]]
+        if rows.empty:
+            df.loc[i, ["status", "error"]] = ["no-metrics", f"{METRICS} has no rows of convention "
+                                              f"{row['convention']}; add them with `bench evaluate "
+                                              f"{row['path']} --convention {row['convention']}`"]
+            continue
+        frames[i] = rows
+
+    known = df[df["status"] != "unreadable"]
+    cohorts = describe_cohorts(known)
+    mixed = len(cohorts) > 1
+    if mixed and not allow_mixed:
+        raise BenchError(mismatch_message(cohorts))
+    df["arm"] = df["model"].astype(str)
+    if len(known):
+        df.loc[known.index, "arm"] = _arm_labels(known)
+    metrics = (pd.concat([rows.assign(model=df.loc[i, "arm"]) for i, rows in frames.items()], ignore_index=True)
+               if frames else pd.DataFrame(columns=["model", "seed", "case", "label", "organ", "metric", "value"]))
+    organs = {}
+    for m in manifests.values():
+        for k, v in ((m or {}).get("dataset") or {}).get("organs", {}).items():
+            organs.setdefault(int(k), v)
+    return Loaded(df, metrics, {p: m for p, m in manifests.items() if p in set(df["path"])}, cohorts, mixed,
+                  dict(sorted(organs.items())))
+
+
+def train_logs(loaded: Loaded) -> pd.DataFrame:
+    """train_log.csv of every run that has one, with arm and seed columns (failed runs too)."""
+    frames = []
+    for r in loaded.runs.itertuples():
+        path = Path(r.path) / TRAIN_LOG
+        if path.exists():
+            try:
+                log = pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                continue  # a torn log only costs its curve
+            frames.append(log.assign(arm=r.arm, seed=r.seed, status=r.status))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

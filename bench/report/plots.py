@@ -1,0 +1,202 @@
+"""The report's plots, each saved as PNG and SVG: box + strip plots, heatmap, learning curves, LR search.
+
+Figures are built with matplotlib's object API (no pyplot, no global state, no display) and
+seaborn, and saved without dates or random ids, so the same runs give the same files.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from bench.summary import OVERALL
+
+RC = {"svg.hashsalt": "segbench", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 11}
+DPI = 110
+
+
+@dataclass
+class Plot:
+    key: str
+    title: str
+    caption: str
+    png: Path
+
+
+def palette(arms: list[str]) -> dict[str, tuple]:
+    """One fixed colour per model, shared by every plot of the report."""
+    return dict(zip(arms, sns.color_palette("tab10", max(len(arms), 1))))
+
+
+def save(fig: Figure, out: Path, key: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context(RC):
+        fig.savefig(out / f"{key}.png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(out / f"{key}.svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    return out / f"{key}.png"
+
+
+def _figure(w: float, h: float) -> Figure:
+    with matplotlib.rc_context(RC):
+        return Figure(figsize=(w, h), layout="constrained")
+
+
+def box_strip(cases: pd.DataFrame, metric: str, arms: list[str], out: Path) -> Plot | None:
+    """Per organ, one box (quartiles, no fliers) per model with each test case as a dot (seeds averaged)."""
+    df = cases[cases["label"] != 0].dropna(subset=["value"]).copy()
+    if df.empty:
+        return None
+    scale = 100.0 if metric == "dice" else 1.0
+    df["value"] *= scale
+    name = "DSC (%)" if metric == "dice" else "HD95"
+    organs = df.sort_values("label")["organ"].unique().tolist()
+    fig = _figure(max(7.0, 1.0 + 0.55 * len(organs) * max(len(arms), 1) ** 0.5 * 1.6), 4.2)
+    ax = fig.add_subplot()
+    kw = dict(data=df, x="organ", y="value", hue="model", order=organs, hue_order=arms, ax=ax,
+              palette=palette(arms))
+    with matplotlib.rc_context(RC):
+        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11 a deprecated argument
+            warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+            sns.boxplot(showfliers=False, boxprops={"alpha": 0.45}, linewidth=0.9, **kw)
+        state = np.random.get_state()  # seaborn jitters with numpy's global generator: seed it, then restore
+        np.random.seed(0)
+        try:
+            sns.stripplot(dodge=True, size=3.5, jitter=0.15, edgecolor="black", linewidth=0.3, legend=False, **kw)
+        finally:
+            np.random.set_state(state)
+    ax.set(xlabel="", ylabel=name, title=f"{name} per organ and model (dots: test cases, seeds averaged)")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(title="model", fontsize=8, title_fontsize=8, loc="best")
+    key = f"box_{metric}"
+    return Plot(key, f"{name} per organ", f"Box (quartiles) and strip plot of {name} per test case, "
+                "the mean over seeds.", save(fig, out, key))
+
+
+def heatmap(table: pd.DataFrame, out: Path) -> Plot | None:
+    """model x organ mean DSC (%) (mean over cases per seed, then over seeds)."""
+    if table.empty:
+        return None
+    fig = _figure(max(6.0, 1.2 + 0.75 * table.shape[1]), 1.4 + 0.45 * table.shape[0])
+    ax = fig.add_subplot()
+    with matplotlib.rc_context(RC):
+        sns.heatmap(table * 100, annot=True, fmt=".1f", vmin=0, vmax=100, cmap="viridis", ax=ax,
+                    cbar_kws={"label": "DSC (%)"}, linewidths=0.5, annot_kws={"fontsize": 8})
+    ax.set(xlabel="", ylabel="", title="Mean DSC (%) per model and organ")
+    ax.tick_params(axis="x", rotation=30)
+    ax.tick_params(axis="y", rotation=0)
+    return Plot("heatmap_dice", "DSC heatmap", f"Mean DSC (%) per model and organ; '{OVERALL}' is the mean "
+                "over organs.", save(fig, out, "heatmap_dice"))
+
+
+def learning_curves(logs: pd.DataFrame, out: Path) -> Plot | None:
+    """Training loss (raw and a moving mean) and learning rate against iteration, one line per run."""
+    if logs.empty or not {"iteration", "loss", "lr"} <= set(logs.columns):
+        return None
+    arms = sorted(logs["arm"].unique())
+    colors = palette(arms)
+    fig = _figure(10.5, 3.8)
+    ax_loss, ax_lr = fig.subplots(1, 2)
+    for (arm, seed), g in logs.groupby(["arm", "seed"], sort=True):
+        g = g.sort_values("iteration")
+        window = max(1, len(g) // 50)
+        ax_loss.plot(g["iteration"], g["loss"], color=colors[arm], alpha=0.25, linewidth=0.7)
+        ax_loss.plot(g["iteration"], g["loss"].rolling(window, min_periods=1).mean(), color=colors[arm],
+                     linewidth=1.4, label=f"{arm} seed {seed}" + ("" if g["status"].iloc[0] == "complete"
+                                                                 else f" ({g['status'].iloc[0]})"))
+        ax_lr.plot(g["iteration"], g["lr"], color=colors[arm], linewidth=1.2)
+    ax_loss.set(xlabel="iteration", ylabel="training loss (CE + Dice)", title="Loss")
+    ax_lr.set(xlabel="iteration", ylabel="learning rate", title="Learning rate")
+    ax_loss.legend(fontsize=7)
+    for ax in (ax_loss, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return Plot("learning_curves", "Learning curves", "Training loss (faint: per iteration; solid: moving mean) "
+                "and learning rate against iteration, one line per run.", save(fig, out, "learning_curves"))
+
+
+def read_study(path: Path) -> pd.DataFrame | None:
+    """One LR-search study CSV, or None when it does not have the expected columns.
+
+    ``bench tune`` writes ``<results>/tune/<study>/trials.csv``; a plain ``<results>/tune/<name>.csv``
+    is read too. One row per trial, columns (``optuna``'s ``trials_dataframe()`` names work too):
+
+    - ``number`` (or ``trial``): the trial number, from 0;
+    - ``lr`` (or ``params_lr``): the learning rate tried;
+    - ``value``: the objective (validation DSC), empty for trials that did not complete; higher
+      is better unless a ``direction`` column says ``minimize``;
+    - ``state``: ``COMPLETE``, ``PRUNED``, ``FAIL`` or ``RUNNING`` (only complete trials count
+      for the best-so-far line);
+    - optional ``study``: the study's name (else the folder's or file's name).
+    """
+    try:
+        df = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    df = df.rename(columns={"trial": "number", "params_lr": "lr"})
+    if not {"number", "lr", "value", "state"} <= set(df.columns) or df.empty:
+        return None
+    df["state"] = df["state"].astype(str).str.upper().str.replace("TRIALSTATE.", "", regex=False)
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    df["lr"] = pd.to_numeric(df["lr"], errors="coerce")
+    if "study" not in df:
+        df["study"] = path.parent.name if path.name == "trials.csv" else path.stem
+    return df.sort_values("number")
+
+
+def study_files(results: Path, hashes: set[str]) -> list[Path]:
+    """Study CSVs under ``<results>/tune/``, less those whose default name (``...-<protocol hash>``)
+    names a protocol other than the report's; a folder without studies gives none, quietly."""
+    tune = Path(results) / "tune"
+    if not tune.is_dir():
+        return []
+    out = []
+    for path in sorted([*tune.glob("*.csv"), *tune.glob("*/trials.csv")]):
+        name = path.parent.name if path.name == "trials.csv" else path.stem
+        found = re.search(r"-([0-9a-f]{12})$", name)
+        if found is None or not hashes or found.group(1) in hashes:
+            out.append(path)
+    return out
+
+
+def lr_search(results: Path, out: Path, hashes: set[str] = frozenset()) -> list[Plot]:
+    """One figure per study: the search history and LR vs score; nothing when there is no study."""
+    plots = []
+    tune = Path(results) / "tune"
+    for path in study_files(results, set(hashes)):
+        df = read_study(path)
+        if df is None:
+            continue
+        study = str(df["study"].iloc[0])
+        done = df[df["state"] == "COMPLETE"].dropna(subset=["value", "lr"])
+        minimize = "direction" in df and str(df["direction"].iloc[0]).lower().startswith("min")
+        fig = _figure(10.5, 3.6)
+        ax_h, ax_lr = fig.subplots(1, 2)
+        other = df[df["state"] != "COMPLETE"]
+        ax_h.scatter(done["number"], done["value"], s=18, color="tab:blue", label="complete")
+        if len(other):
+            y = other["value"].fillna(other.get("last_value", pd.Series(dtype=float)))
+            ax_h.scatter(other["number"], y, s=18, marker="x", color="grey", label="pruned / failed")
+        if len(done):
+            best = done["value"].cummin() if minimize else done["value"].cummax()
+            ax_h.step(done["number"], best, where="post", color="tab:red", label="best so far")
+            ax_lr.scatter(done["lr"], done["value"], s=18, color="tab:blue")
+            top = done.loc[done["value"].idxmin() if minimize else done["value"].idxmax()]
+            ax_lr.axvline(top["lr"], color="tab:red", linestyle="--", linewidth=1, label=f"best lr {top['lr']:.3g}")
+            ax_lr.legend(fontsize=7)
+        ax_h.set(xlabel="trial", ylabel="objective", title=f"Search history: {study}")
+        ax_h.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_h.legend(fontsize=7)
+        ax_lr.set(xscale="log", xlabel="learning rate", ylabel="objective", title="Learning rate vs objective")
+        rel = str(path.relative_to(tune).with_suffix(""))
+        key = "lr_search_" + re.sub(r"[^A-Za-z0-9_-]", "_", rel.removesuffix("/trials"))
+        plots.append(Plot(key, f"LR search: {study}", f"Trials of study {study} ({len(df)} trials, {len(done)} "
+                          "complete): objective per trial with the best so far, and against the learning "
+                          "rate (log scale).", save(fig, out, key)))
+    return plots

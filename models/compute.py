@@ -1,0 +1,117 @@
+"""Compute accounting for model tables and run manifests: parameters, forward FLOPs, training speed."""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def gflops(model: nn.Module, img_size: int, in_channels: int = 1) -> float:
+    """Forward GFLOPs for one ``in_channels x img_size x img_size`` image, counted by PyTorch's
+    ``FlopCounterMode``: a multiply-add is 2 FLOPs (so this is twice the "GMACs" many papers quote),
+    and only matrix products, convolutions and attention are counted (not norms, activations,
+    pooling or interpolation).
+
+    The model runs once in eval mode on a zero image and is put back in its previous mode: no batch
+    statistics, dropout masks or random numbers are consumed. Attention is routed through PyTorch's
+    math kernel while counting, because the fused CPU kernel is not in the counter's table.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, in_channels, img_size, img_size, device=_device(model))
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+@dataclass
+class TrainingSpeed:
+    """Throughput of forward + backward + SGD step, and the memory it took."""
+
+    images_per_second: float
+    peak_memory_mb: float  # CUDA: max_memory_allocated; CPU: the process's peak RSS (ru_maxrss)
+    memory_growth_mb: float  # CUDA: peak minus what was allocated before; CPU: rise of the peak RSS
+    device: str
+    batch: int
+    steps: int  # timed steps; the rate is over their median
+
+
+def _max_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int = 5, warmup: int = 2,
+                     in_channels: int = 1, device: str | torch.device | None = None) -> TrainingSpeed:
+    """Training images per second (``batch`` over the median of ``steps`` timed steps, after ``warmup``
+    untimed ones) and peak memory, with random images and labels, cross-entropy and SGD (lr 0.01,
+    momentum 0.9). The median keeps a step slowed by another process on a shared machine from counting.
+
+    Trains ``model`` in place on ``device`` (default: CUDA if available): its weights change. On a CPU
+    the memory is the process's high-water mark, which also holds whatever ran before; the growth says
+    how far this measurement raised it (a lower bound on its own need).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    model.to(device).train()
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, in_channels, img_size, img_size, device=device, generator=g)
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    y = torch.randint(0, num_classes, (batch, img_size, img_size), device=device, generator=g)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _max_rss_mb()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        growth = peak - before / 2**20
+    else:
+        peak = _max_rss_mb()
+        growth = peak - before
+    optimizer.zero_grad(set_to_none=True)
+    return TrainingSpeed(images_per_second=batch / statistics.median(times), peak_memory_mb=peak, memory_growth_mb=growth,
+                         device=str(device), batch=batch, steps=steps)

@@ -1,0 +1,99 @@
+"""Compute accounting: FLOPs against hand formulas, the training-speed probe, and `bench models`."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import Attention
+
+from conftest import bench_cli
+from models import create_model
+from models.compute import count_parameters, gflops, measure_training
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_conv_flops_match_the_formula() -> None:
+    # 2 FLOPs per multiply-add: 2 * C_out * C_in * k * k * H_out * W_out, plus nothing for the bias
+    conv = nn.Conv2d(1, 8, kernel_size=3, padding=1)
+    assert gflops(conv, 32) * 1e9 == 2 * 8 * 1 * 3 * 3 * 32 * 32
+    strided = nn.Conv2d(3, 4, kernel_size=5, stride=2, padding=2)
+    assert gflops(strided, 16, in_channels=3) * 1e9 == 2 * 4 * 3 * 5 * 5 * 8 * 8
+
+
+class _Tokens(nn.Module):
+    """A 1 x 1 conv to ``dim`` channels, then self-attention over the pixels."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, 1, bias=False)
+        self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.embed(x).flatten(2).transpose(1, 2))
+
+
+def test_attention_is_counted_on_cpu() -> None:
+    # the fused CPU attention kernel is not in PyTorch's FLOP table; gflops routes it through the math one
+    n, d = 8 * 8, 16
+    expected = 2 * n * d + 2 * n * d * 3 * d + 2 * (2 * n * n * d) + 2 * n * d * d  # embed, qkv, QK^T and AV, proj
+    assert gflops(_Tokens(d), 8) * 1e9 == expected
+
+
+def test_gflops_leaves_the_model_and_rng_alone() -> None:
+    model = create_model("transunet-tiny", num_classes=3, img_size=64)
+    bn = model.decoder.conv_more[1]
+    stats = bn.running_mean.clone()
+    state = torch.get_rng_state()
+    model.train()
+    value = gflops(model, 64)
+    assert model.training and torch.equal(bn.running_mean, stats) and torch.equal(torch.get_rng_state(), state)
+    model.eval()
+    assert gflops(model, 64) == value and not model.training
+    assert gflops(model, 64) > 2 * count_parameters(model.blocks) * 16 / 1e9  # at least the ViT's weights x 16 tokens
+
+
+def test_measure_training_reports_speed_and_memory() -> None:
+    model = create_model("swinunet-nano", num_classes=3, img_size=64)
+    before = [p.detach().clone() for p in model.parameters()]
+    speed = measure_training(model, 64, batch=2, steps=2, warmup=1)
+    assert speed.images_per_second > 0 and speed.peak_memory_mb > 0 and speed.memory_growth_mb >= 0
+    assert speed.device == "cpu" and speed.batch == 2 and speed.steps == 2
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # it did train
+    with pytest.raises(ValueError, match="steps"):
+        measure_training(model, 64, steps=0)
+
+
+def _rows(stdout: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
+        if cells:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_bench_models_cli() -> None:
+    res = bench_cli("models", "transunet-t*", "--img-size", "64", "--measure", "--batch", "2", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    rows = _rows(res.stdout)
+    params, flops, rate, memory = rows["transunet-tiny"]
+    model = create_model("transunet-tiny", num_classes=9, img_size=64)
+    assert params == f"{count_parameters(model):,}" and float(flops) == pytest.approx(gflops(model, 64), abs=0.01)
+    assert float(rate) > 0 and re.fullmatch(r"[\d,]+ MB RSS \(\+[\d,]+\)", memory)
+    assert "training batch 2 on cpu" in res.stdout
+
+    # any smp name works, and a size a model can't take is a row, not a crash
+    res = bench_cli("models", "smp-linknet-resnet18", "--img-size", "80")
+    assert res.returncode == 0, res.stderr
+    assert "ValueError: smp-linknet-resnet18 needs img_size divisible by 32, got 80" in res.stdout.replace("\n", " ")
+    res = bench_cli("models", "nothing*")
+    assert res.returncode == 2 and "no model matches 'nothing*'" in res.stderr
