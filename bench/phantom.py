@@ -320,7 +320,7 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
         _blob(sp, (0, 165), (-70, -5), (-85, 10), (82, 92), 0, peak=0.3, power=0.45).level,
         _blob(sp, (5, 95), (0, -65), (-10, -55), (62, 32), -10, peak=0.35).level) < 1
     if b := _bbox(liver & cavity):
-        vessels = (np.abs(sp.field(10.0, b)) < 0.12) & (mid[b] > -0.8)
+        vessels = (np.abs(sp.field(10.0, b)) < 0.18) & (mid[b] > -0.8)
         parenchyma = 60 + 50 * ven - steatosis + 8 * sp.field(25.0, b)
         cv.paint((liver & cavity)[b], np.where(vessels, 40 + 120 * ven, parenchyma) + 6 * fine[b], 5,
                  at=b)

@@ -223,6 +223,10 @@ def describe(trial: optuna.trial.FrozenTrial) -> str:
     state = trial.state.name.lower()
     if trial.state == optuna.trial.TrialState.COMPLETE:
         return f"trial {trial.number}: {params}  validation DSC {trial.value:.4f}"
+    if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        return f"trial {trial.number}: {params}  pruned at iteration {step} (validation DSC " \
+               f"{trial.intermediate_values[step]:.4f})"
     return f"trial {trial.number}: {params}  {state} ({trial.user_attrs.get('error', '')})".replace(" ()", "")
 
 

@@ -124,8 +124,7 @@ def build_report(
     for t in all_tables:
         if t.data is not None:
             _write(out / CSV / f"{t.key}.csv", csv_text(t), files)
-    per_case = T.per_case_frame(loaded)
-    _write(out / CSV / "per_case.csv", per_case.to_csv(index=False), files)
+    _write(out / CSV / "per_case.csv", T.per_case_frame(loaded).to_csv(index=False), files)
     title = _title(loaded)
     fairness = T.fairness_note(loaded) + (f"; baseline {base}" if base else "")
     failures = [f"{r.arm} seed {r.seed}: {r.status}" + (f" ({r.error})" if r.error == r.error and r.error else "")
@@ -135,13 +134,7 @@ def build_report(
         mixed_msg = mismatch_message(loaded.cohorts, hint=False) + "; each model is labelled with its side"
     _write(out / "tables.tex", "% Tables of " + title + ". Needs \\usepackage{booktabs}.\n\n"
            + "\n".join(latex(t) for t in all_tables), files)
-    md = [f"# {title}", "", f"*{fairness}*", ""]
-    md += [f"> **Mixed runs.** {mixed_msg}", ""] if mixed_msg else []
-    md += ["**Runs that did not complete (not in the numbers):**", "", *[f"- {f}" for f in failures], ""] if failures else []
-    md += [markdown(t) for t in all_tables]
-    md += ["## Plots", ""] + [f"![{f.title}]({PLOTS}/{f.png.name})\n\n*{f.caption}*\n" for f in figures]
-    md += [f"*{n}*\n" for n in notes]
-    _write(out / "report.md", "\n".join(md), files)
+    _write(out / "report.md", _markdown(title, fairness, mixed_msg, failures, all_tables, figures, notes), files)
     page = Page(title, fairness, organ[:1], {"Tables": organ[1:] + [status_t], "Statistics": statistics,
                                              "Compute": [compute], "Runs": [runs_t]},
                 figures, [(r.arm, r.seed, r.status, loaded.manifests.get(r.path)) for r in loaded.runs.itertuples()],
@@ -156,3 +149,16 @@ def _title(loaded: Loaded) -> str:
         return "segbench report: mixed runs" if loaded.mixed else "segbench report"
     c = loaded.cohorts[0]
     return f"segbench report: {c['dataset']} / {c['protocol']}"
+
+
+def _markdown(title: str, fairness: str, mixed: str, failures: list[str], tables: list[T.Table],
+              figures: list[P.Plot], notes: list[str]) -> str:
+    md = [f"# {title}", "", f"*{fairness}*", ""]
+    if mixed:
+        md += [f"> **Mixed runs.** {mixed}", ""]
+    if failures:
+        md += ["**Runs that did not complete (not in the numbers):**", "", *[f"- {f}" for f in failures], ""]
+    md += [markdown(t) for t in tables]
+    md += ["## Plots", ""] + [f"![{f.title}]({PLOTS}/{f.png.name})\n\n*{f.caption}*\n" for f in figures]
+    md += [f"*{n}*\n" for n in notes]
+    return "\n".join(md)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.metrics import CONVENTIONS
 from bench.results import METRICS, TRAIN_LOG, find_runs, parse_run_path, read_manifest
 
 # What must agree for two runs to be compared; the display name of each field.
@@ -119,6 +120,8 @@ def load_runs(
     convention to a run); by default each run's own. A complete run without rows of that
     convention becomes a ``no-metrics`` row with the command that adds them.
     """
+    if convention is not None and convention not in CONVENTIONS:
+        raise BenchError(f"--convention must be one of {', '.join(CONVENTIONS)}, got '{convention}'")
     paths = [Path(p) for p in runs] if runs is not None else find_runs(results)
     if not paths:
         raise BenchError(f"no runs found under {results} (expected <dataset>/<protocol>/<model>/seed<k>/manifest.json)")

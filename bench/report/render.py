@@ -71,7 +71,7 @@ def html_table(t: Table) -> str:
         body.append(f'<tr><td colspan="{len(t.header)}">(none)</td></tr>')
     note = f'<div class="note">{esc(t.note)}</div>' if t.note else ""
     # title and note above the table rather than in <caption>, whose width is the table's
-    return (f'<div class="tablebox" id="{esc(t.key)}"><div class="title">{esc(t.title)}</div>{note}'
+    return (f'<div class="tablebox" id="table-{esc(t.key)}"><div class="title">{esc(t.title)}</div>{note}'
             f'<div class="tablewrap"><table data-key="{esc(t.key)}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div></div>")
 
