@@ -276,7 +276,8 @@ def _body(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid) -> np.ndarray:
 
 
 def _spine(sp: _Space, cv: _Canvas, fine, mid, cavity) -> None:
-    """Vertebrae with discs every ~34 mm, canal, arch and processes, back muscles and psoas."""
+    """Vertebrae with discs every ~34 mm, canal, arch and processes, back muscles, psoas and the
+    iliac wings."""
     z3 = sp.z[:, None, None]
     disc = np.broadcast_to((z3 + sp.rng.uniform(0, 34)) % 34 < 8, sp.shape)
     muscle = 52 + 10 * fine
@@ -287,6 +288,11 @@ def _spine(sp: _Space, cv: _Canvas, fine, mid, cavity) -> None:
                         [0.1, 20, 20])
         cv.paint((psoas < 1) & cavity, muscle)
         cv.paint((_column(sp, _vertical(s * 30, 20), (14, 5)) < 1) & ~disc, 350 + 60 * mid)
+        # Iliac wings: bony plates opening forward and outward at the bottom of the scan.
+        wing = _blob(sp, (185, 300), (s * 85, 40), (s * 95, 25), (50, 9), -90 + s * 45, harm=0.05)
+        if b := _bbox(wing.level < 1):
+            lv = wing.level[b]
+            cv.paint(lv < 1, np.where(lv > 0.6, 500 + 60 * fine[b], 220 + 45 * mid[b]), at=b)
     arch = _column(sp, _vertical(0, 28), (14, 14))
     cv.paint(arch < 1, 400 + 60 * mid)
     cv.paint(arch < 8 / 14, 15 + 10 * fine)  # spinal canal
