@@ -133,18 +133,20 @@ def models_cmd(
     names = list_models(pattern) or ([pattern] if is_model(pattern) else [])
     if not names:
         raise BenchError(f"no model matches '{pattern}'; valid models: {', '.join(list_models())}")
-    where = f", training batch {batch} on {pick_device(device)}" if measure else ""
+    on = pick_device(device)
+    where = f", training batch {batch} on {on}" if measure else ""
+    memory = "peak MB" if on.type == "cuda" else "peak RSS MB (+training)"
     table = Table(title=f"models at {img_size} x {img_size}, {num_classes} classes{where}")
-    for column in ["name", "parameters", "GFLOPs", *(["images/s", "peak memory"] if measure else [])]:
+    for column in ["name", "parameters", "GFLOPs", *(["images/s", memory] if measure else [])]:
         table.add_column(column, justify="left" if column == "name" else "right")
     for name in names:
         try:
             model = create_model(name, num_classes=num_classes, img_size=img_size)
             row = [name, f"{count_parameters(model):,}", f"{gflops(model, img_size):.2f}"]
             if measure:
-                speed = measure_training(model, img_size, batch=batch, device=pick_device(device))
-                growth = "" if speed.device.startswith("cuda") else f" RSS (+{speed.memory_growth_mb:,.0f})"
-                row += [f"{speed.images_per_second:.2f}", f"{speed.peak_memory_mb:,.0f} MB{growth}"]
+                speed = measure_training(model, img_size, batch=batch, device=on)
+                growth = "" if on.type == "cuda" else f" (+{speed.memory_growth_mb:,.0f})"
+                row += [f"{speed.images_per_second:.2f}", f"{speed.peak_memory_mb:,.0f}{growth}"]
             table.add_row(*row)
         except Exception as e:  # a model that can't be built at this size is a row, not a crash
             table.add_row(name, f"[red]{type(e).__name__}: {e}[/]")

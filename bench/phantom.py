@@ -333,8 +333,8 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
     # Spleen: along the back wall; striped ("zebra") in the arterial phase.
     sp_ = _blob(sp, (15, 115), (95, 45), (90, 30), (30, 58), 35, peak=0.45)
     if b := _bbox((sp_.level < 1) & cavity):
-        stripes = 30 * con.art * np.sin(6 * sp_.u[b] + 2 * sp_.v[b])
-        cv.paint((sp_.level[b] < 1) & cavity[b], 55 + 65 * con.enh + stripes + 6 * fine[b], 7, at=b)
+        stripes = 15 * con.art * np.sin(6 * sp_.u[b] + 2 * sp_.v[b])
+        cv.paint((sp_.level[b] < 1) & cavity[b], 60 + 70 * con.enh + stripes + 6 * fine[b], 7, at=b)
     # Stomach: enhancing wall; water, food or folds inside; gas in front above a fluid level.
     st = _blob(sp, (15, 135), (60, -25), (-5, -50), (52, 42), -35, peak=0.3, power=0.4)
     content = rng.choice(3)
@@ -412,7 +412,7 @@ def _vessels(sp: _Space, cv: _Canvas, con: _Contrast, fine) -> None:
 def make_case(rng: np.random.Generator, size: int = 160, slice_mm: float = 5.0) -> Case:
     """Draw one abdominal scan: HU volume, Synapse label volume and voxel spacing."""
     sp = _Space(rng, size, slice_mm)
-    con = _Contrast(enh=rng.uniform(0.85, 1.15), art=rng.uniform(0.0, 1.0))
+    con = _Contrast(enh=rng.uniform(0.85, 1.15), art=rng.uniform(0.0, 0.7))
     cv = _Canvas(sp.shape)
     fine, mid = sp.texture(1.2), sp.texture(3.0)
     cavity = _body(sp, cv, con, fine, mid)

@@ -55,12 +55,17 @@ def find_runs(results: Path) -> list[Path]:
     return sorted(p.parent for p in Path(results).glob(f"*/*/*/seed*/{MANIFEST}"))
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp)`` on a temporary sibling, fsync it, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results private to one user
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:

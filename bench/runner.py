@@ -61,7 +61,7 @@ def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
         "model": spec.model, "knobs": spec.knobs, "weights": spec.weights, "seed": spec.seed,
         "lr": spec.lr, "lr_source": spec.lr_source,
         "protocol": protocol.model_dump(), "protocol_name": protocol.name, "protocol_hash": protocol.hash(),
-        "dataset": {"name": ds.name, "root": str(ds.root), "fingerprint": ds.fingerprint(),
+        "dataset": {"name": ds.name, "root": str(Path(ds.root).resolve()), "fingerprint": ds.fingerprint(),
                     "num_classes": ds.num_classes, "organs": ds.organs},
         "convention": protocol.evaluation.convention,
     }

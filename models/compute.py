@@ -1,6 +1,8 @@
 """Compute accounting for model tables and run manifests: parameters, forward FLOPs, training speed."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import resource
 import statistics
 import sys
@@ -50,11 +52,24 @@ class TrainingSpeed:
     """Throughput of forward + backward + SGD step, and the memory it took."""
 
     images_per_second: float
-    peak_memory_mb: float  # CUDA: max_memory_allocated; CPU: the process's peak RSS (ru_maxrss)
-    memory_growth_mb: float  # CUDA: peak minus what was allocated before; CPU: rise of the peak RSS
+    peak_memory_mb: float  # CUDA: max_memory_allocated; CPU: the process's peak RSS during the measurement
+    memory_growth_mb: float  # the peak minus what was in use (CUDA: allocated; CPU: resident) before
     device: str
     batch: int
     steps: int  # timed steps; the rate is over their median
+
+
+def _reset_peak_rss() -> None:
+    # Hand freed memory back to the OS (glibc keeps it resident otherwise, and a model measured after a
+    # larger one would seem to need nothing), then reset the RSS high-water mark, which getrusage
+    # reports, to the current RSS: each measurement sees its own peak. Linux only; elsewhere a no-op.
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except (OSError, AttributeError):
+        pass
 
 
 def _max_rss_mb() -> float:
@@ -69,18 +84,20 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
     momentum 0.9). The median keeps a step slowed by another process on a shared machine from counting.
 
     Trains ``model`` in place on ``device`` (default: CUDA if available): its weights change. On a CPU
-    the memory is the process's high-water mark, which also holds whatever ran before; the growth says
-    how far this measurement raised it (a lower bound on its own need).
+    the memory is the process's peak RSS from ``resource.getrusage``, which includes the interpreter,
+    libraries and the model itself; the growth is the part the training steps added. Where the peak
+    cannot be reset (outside Linux) it is the peak of the whole process so far.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    model.to(device).train()
+    model.to(device).eval()
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, in_channels, img_size, img_size, device=device, generator=g)
-    with torch.no_grad():
+    with torch.no_grad():  # in eval mode: batch norm over one image would fail in training mode
         num_classes = model(x[:1]).shape[1]
+    model.train()
     y = torch.randint(0, num_classes, (batch, img_size, img_size), device=device, generator=g)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     if cuda:
@@ -88,6 +105,7 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
+        _reset_peak_rss()
         before = _max_rss_mb()
 
     def step() -> None:

@@ -235,14 +235,15 @@ def test_failed_runs_and_lr_studies_appear(sweep, tmp_path):
     (failed / "metrics.parquet").unlink()
     m = json.loads((failed / "manifest.json").read_text())
     _edit_manifest(failed, status="diverged", error="loss became nan at iteration 3",
-                   run=dict(m["run"], model="transunet"), model="transunet")
+                   run=dict(m["run"], model="transunet"), model="transunet", gflops=None)
     # studies as `bench tune` leaves them: tune/<study>/trials.csv, trial folders with their logs
     trials = pd.DataFrame({"number": range(5), "lr": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                            "value": [0.2, 0.4, 0.5, 0.3, None], "state": ["COMPLETE"] * 4 + ["FAIL"]})
     for name in ("tiny3-swinunet-smoke-8de84022456a", "tiny3-unet-cpu-0123456789ab", "handmade"):
         (results / "tune" / name / "trial0").mkdir(parents=True)
         trials.assign(study=name).to_csv(results / "tune" / name / "trials.csv", index=False)
-        shutil.copy(results / "tiny3" / "smoke" / "unet" / "seed0" / "train_log.csv", results / "tune" / name / "trial0")
+        shutil.copy(results / "tiny3" / "smoke" / "unet" / "seed0" / "train_log.csv",
+                    results / "tune" / name / "trial0")
     (results / "tune" / "notes.csv").write_text("something,else\n1,2\n")
     rep = build_report(results, tmp_path / "out")
     runs = pd.read_csv(rep.out / "csv" / "runs.csv")
@@ -251,6 +252,8 @@ def test_failed_runs_and_lr_studies_appear(sweep, tmp_path):
     md = (rep.out / "report.md").read_text()
     assert "transunet seed 0: diverged (loss became nan at iteration 3)" in md
     assert "transunet" not in pd.read_csv(rep.out / "csv" / "organ_dice.csv")["model"].tolist()
+    assert "| transunet | no | 24.90 | - |" in md  # no GFLOPs recorded: shown as '-'
+    assert "| unet | no | 24.90 | 7.03 |" in md
     studies = sorted(p.name for p in (rep.out / "plots").glob("lr_search_*.png"))
     # this protocol's study and a hand-named one; not another protocol's, nor a CSV of other columns
     assert studies == ["lr_search_handmade.png", "lr_search_tiny3-swinunet-smoke-8de84022456a.png"]

@@ -147,10 +147,11 @@ def compute_table(loaded: Loaded) -> Table:
     for arm, g in loaded.runs.groupby("arm", sort=True):
         ok = g[g["status"] == "complete"]
         src = ok if len(ok) else g
+        lrs = sorted({f"{v:g} ({s})" for v, s in zip(g["lr"], g["lr_source"]) if v is not None and v == v})
         r = {"model": arm, "pretrained": pre[arm], "parameters": _mean_of(src, "parameters"),
              "gflops": _mean_of(src, "gflops"), "train_images_per_second": _mean_of(ok, "train_images_per_second"),
              "train_seconds": _mean_of(ok, "train_seconds"), "wall_seconds": _mean_of(ok, "wall_seconds"),
-             "lr": ", ".join(sorted({f"{v:g} ({s})" for v, s in zip(g["lr"], g["lr_source"]) if v == v and v is not None})),
+             "lr": ", ".join(lrs),
              "complete": len(ok), "runs": len(g)}
         raw.append(r)
         rows.append([arm, r["pretrained"], num(r["parameters"], 2, 1e-6), num(r["gflops"], 2),
