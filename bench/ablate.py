@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from bench.errors import BenchError
-from bench.protocol import Protocol, load_protocol
+from bench.protocol import Protocol, load_protocol, load_yaml_model
 from bench.runner import RunSpec
 from models import is_model, list_models
 
@@ -55,19 +54,7 @@ def load_spec(path: str | Path) -> AblationSpec:
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"ablation spec not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise BenchError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise BenchError(f"{path}: expected a mapping of spec keys")
-    try:
-        return AblationSpec.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        what = f"unknown key '{key}'" if err["type"] == "extra_forbidden" else f"key '{key}': {err['msg']}"
-        raise BenchError(f"{path}: {what}") from None
+    return load_yaml_model(path, AblationSpec)
 
 
 def expand(spec: AblationSpec, protocol: str | None = None, iterations: int | None = None) -> list[Row]:

@@ -312,14 +312,17 @@ def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     return slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
 
 
-def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
-    """The eight Synapse organs, plus the duodenum, in painting order (later ones win).
+def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> float:
+    """The eight Synapse organs, plus the duodenum, in painting order (later ones win); returns
+    the level of the aortic bifurcation, where the unlabelled iliac arteries take over.
 
     Each organ's texture is computed only inside the box around its mask (b), which is where
     most of the generation time would otherwise go.
     """
     rng, y, z3 = sp.rng, sp.y, sp.z[:, None, None]
     ven = con.venous
+    # Organs take up contrast a little differently in each patient: liver, spleen, pancreas, kidney.
+    liv, spl, pan, kid = rng.uniform(0.85, 1.15, 4).tolist()
     # Liver: right lobe plus a left lobe reaching across the midline in front of the stomach.
     steatosis = 45 * rng.beta(1, 3)  # a fatty liver is darker; most livers are near normal
     liver = np.minimum(
@@ -327,14 +330,14 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
         _blob(sp, (5, 95), (0, -65), (-10, -55), (62, 32), -10, peak=0.35).level) < 1
     if b := _bbox(liver & cavity):
         vessels = (np.abs(sp.field(10.0, b)) < 0.18) & (mid[b] > -0.8)
-        parenchyma = 60 + 50 * ven - steatosis + 8 * sp.field(25.0, b)
+        parenchyma = 60 + 50 * ven * liv - steatosis + 8 * sp.field(25.0, b)
         cv.paint((liver & cavity)[b], np.where(vessels, 40 + 120 * ven, parenchyma) + 6 * fine[b], 5,
                  at=b)
     # Spleen: along the back wall; striped ("zebra") in the arterial phase.
     sp_ = _blob(sp, (15, 115), (95, 45), (90, 30), (30, 58), 35, peak=0.45)
     if b := _bbox((sp_.level < 1) & cavity):
         stripes = 15 * con.art * np.sin(6 * sp_.u[b] + 2 * sp_.v[b])
-        cv.paint((sp_.level[b] < 1) & cavity[b], 60 + 70 * con.enh + stripes + 6 * fine[b], 7, at=b)
+        cv.paint((sp_.level[b] < 1) & cavity[b], 60 + 70 * con.enh * spl + stripes + 6 * fine[b], 7, at=b)
     # Stomach: enhancing wall; water, food or folds inside; gas in front above a fluid level.
     st = _blob(sp, (15, 135), (60, -25), (-5, -50), (52, 42), -35, peak=0.3, power=0.4)
     content = rng.choice(3)
@@ -356,11 +359,11 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
         cv.paint((duod[b] < 1) & cavity[b],
                  np.where(duod[b] > 0.7, 50 + 40 * ven, 20 + 25 * mid[b]), 0, at=b)
     # Pancreas: a lobulated band from the splenic hilum (tail, higher) to the duodenum (head).
-    panc = _tube(sp, [(85, 20, 92), (55, 5, 97), (22, -10, 103), (-5, -18, 110), (-28, -5, 120),
-                      (-18, 12, 133)], [13, 15, 17, 17, 21, 15], jitter=0.6)
+    panc = _tube(sp, [(85, 15, 92), (55, -2, 97), (22, -18, 103), (-5, -24, 110), (-28, -10, 120),
+                      (-18, 8, 133)], [13, 15, 17, 17, 21, 15], jitter=0.6)
     fatty = rng.uniform(1.0, 1.8)  # fat between the lobules, more in older patients
     if b := _bbox((panc < 1) & cavity):
-        lobules = np.where(fine[b] > fatty, -40 + 20 * mid[b], 45 + 50 * ven + 8 * fine[b])
+        lobules = np.where(fine[b] > fatty, -40 + 20 * mid[b], 45 + 50 * ven * pan + 8 * fine[b])
         cv.paint((panc[b] < 1) & cavity[b], lobules, 6, at=b)
     gb = _blob(sp, (95, 165), (-45, -35), (-68, -40), (19, 29), 70, peak=0.45)
     bile_hu = rng.uniform(0, 25)
@@ -375,38 +378,32 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
             continue
         u, v, lv, f = k.u[b], k.v[b], k.level[b], fine[b]
         m = (lv < 1) & cavity[b]
-        cortex = 50 + 150 * con.enh
+        cortex = 50 + 150 * con.enh * kid
         pyramid = np.cos(7 * np.arctan2(v, u - 0.4)) > 0.1
         medulla = np.where(pyramid, 40 + (60 + 70 * (1 - con.art)) * con.enh, cortex)
         val = np.where(lv > 0.78, cortex, medulla) + 10 * f
         sinus = ((u - 0.45) ** 2 / 0.2 + v**2 / 0.1 < 1) & (np.abs(z3[b[0]] - sum(zr) / 2) < 30)
         cv.paint(m, np.where(sinus, np.where(mid[b] > 0.5, 5.0, -60 + 20 * f), val), organ, at=b)
         cv.paint(m & sinus & (u > 0.8), -80 + 15 * f, 0, at=b)  # the hilum opens to the outside
-    aorta = _column(sp, _vertical(10, -35 + rng.normal(0, 3), z1=_bif(sp)), (15, 15)) < 1
-    cv.paint(aorta, con.artery + 10 * fine, 1)
+    dy = -40 + rng.normal(0, 3)
+    bif = 205 + rng.normal(0, 10)
+    cv.paint(_column(sp, _vertical(15, dy, z1=bif), (15, 15)) < 1, con.artery + 10 * fine, 1)
+    return bif
 
 
-def _bif(sp: _Space) -> float:
-    """Level of the aortic bifurcation in this case (drawn once, cached on the space)."""
-    if not hasattr(sp, "bif"):
-        sp.bif = 205 + sp.rng.normal(0, 10)
-    return sp.bif
-
-
-def _vessels(sp: _Space, cv: _Canvas, con: _Contrast, fine) -> None:
+def _vessels(sp: _Space, cv: _Canvas, con: _Contrast, fine, bif: float) -> None:
     """Unlabelled vessels that cut through organs, as they do in the real labels."""
-    bif = _bif(sp)
     artery, portal = con.artery + 10 * fine, 50 + 130 * con.venous + 10 * fine
     for s in (-1, 1):  # common iliac arteries below the bifurcation
-        iliac = [(10, _spine_y(bif) - 30, bif), (10 + s * 120, _spine_y(400) - 30, 400)]
+        iliac = [(15, _spine_y(bif) - 40, bif), (15 + s * 120, _spine_y(400) - 30, 400)]
         cv.paint(_column(sp, iliac, (8, 8)) < 1, artery, 0)
     ivc = 50 + 110 * con.enh * (1 - 0.6 * con.art)  # unenhanced blood mixes in early
     cv.paint(_column(sp, _vertical(-24, -30), (13, 10)) < 1, ivc + 10 * fine, 0)
     cv.paint(_tube(sp, [(-40, -5, 60), (-10, 2, 108), (-10, 8, 150), (-12, 5, 230)], [7, 7, 6, 5])
              < 1, portal, 0)  # portal and superior mesenteric veins
-    cv.paint(_tube(sp, [(85, 37, 92), (55, 22, 97), (22, 7, 103), (-5, 0, 110)], [4.5] * 4) < 1,
+    cv.paint(_tube(sp, [(85, 32, 92), (55, 15, 97), (22, -1, 103), (-5, -6, 110)], [4.5] * 4) < 1,
              portal, 0)  # splenic vein behind the pancreas
-    cv.paint(_column(sp, _vertical(8, -62, 100), (4, 4)) < 1, artery, 0)  # superior mesenteric a.
+    cv.paint(_column(sp, _vertical(12, -70, 100), (4, 4)) < 1, artery, 0)  # superior mesenteric a.
 
 
 def make_case(rng: np.random.Generator, size: int = 160, slice_mm: float = 5.0) -> Case:
@@ -417,10 +414,9 @@ def make_case(rng: np.random.Generator, size: int = 160, slice_mm: float = 5.0) 
     fine, mid = sp.texture(1.2), sp.texture(3.0)
     cavity = _body(sp, cv, con, fine, mid)
     _spine(sp, cv, fine, mid, cavity)
-    _organs(sp, cv, con, fine, mid, cavity)
-    _vessels(sp, cv, con, fine)
+    _vessels(sp, cv, con, fine, _organs(sp, cv, con, fine, mid, cavity))
     # The scanner: slight blur (partial volume), then correlated noise at this scan's dose.
     hu = ndimage.gaussian_filter(cv.hu, (0, 0.6, 0.6))
     noise = ndimage.gaussian_filter(rng.standard_normal(sp.shape, dtype=np.float32), (0, 0.7, 0.7))
-    hu += noise * (rng.uniform(8.0, 16.0) / noise.std())
+    hu += noise * (rng.uniform(9.0, 18.0) / noise.std())
     return Case(hu.astype(np.float32), cv.label, sp.spacing)

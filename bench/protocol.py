@@ -182,14 +182,19 @@ def load_protocol(name_or_path: str) -> Protocol:
             )
     if not path.exists():
         raise BenchError(f"protocol file not found: {path}")
+    return load_yaml_model(path, Protocol, defaults={"name": path.stem})
+
+
+def load_yaml_model(path: Path, model: type[BaseModel], defaults: dict | None = None):
+    """The one parsing path for YAML specs: errors name the file and the offending key."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
         raise BenchError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise BenchError(f"{path}: expected a mapping of protocol keys")
-    data.setdefault("name", path.stem)
+        raise BenchError(f"{path}: expected a mapping of keys")
+    data = {**(defaults or {}), **data}
     try:
-        return Protocol.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise BenchError(f"{path}: {_first_error(e)}") from None

@@ -14,7 +14,8 @@ values exactly as the official preprocessing does, and writes the folder:
 
 Each case is drawn from its own Generator seeded by (seed, case number), so the arrays depend only
 on the seed, the options and the generator version, never on global RNG state or on which other
-cases are generated. Files are byte-identical across runs (fixed zip timestamps, no HDF5 times).
+cases are generated. Files are byte-identical across runs on one platform and set of library
+versions (fixed zip timestamps, no HDF5 times); `synth.json` is what a cache should compare.
 """
 from __future__ import annotations
 
@@ -86,10 +87,11 @@ def window(hu: np.ndarray) -> np.ndarray:
 def generate(out_dir: Path, seed: int = 0, **options) -> Path:
     """Write the synthetic dataset to out_dir (replacing what is there) and return out_dir.
 
-    Options: size (in-plane pixels, default 160 = 2.5 mm over a 400 mm field of view), slice_mm
-    (default 5.0; about 48 slices per case), train_cases and test_cases (Synapse ids by default;
-    pass fewer for quick tests). The folder is built next to out_dir and renamed into place at
-    the end, so an interrupted run never leaves a half-written dataset under out_dir.
+    Options: size (in-plane pixels; default 160, i.e. 2.375 mm over the 380 mm field of view),
+    slice_mm (default 5.0, giving 46-57 slices per case as the scanned range varies), train_cases
+    and test_cases (the Synapse ids by default; pass fewer for quick tests). The folder is built
+    next to out_dir and renamed into place at the end, so an interrupted run never leaves a
+    half-written dataset under out_dir.
     """
     meta = manifest(seed, **options)
     size, slice_mm = meta["options"]["size"], meta["options"]["slice_mm"]

@@ -131,5 +131,5 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
         peak = _max_rss_mb()
         growth = peak - before
     optimizer.zero_grad(set_to_none=True)
-    return TrainingSpeed(images_per_second=batch / statistics.median(times), peak_memory_mb=peak, memory_growth_mb=growth,
-                         device=str(device), batch=batch, steps=steps)
+    return TrainingSpeed(images_per_second=batch / statistics.median(times), peak_memory_mb=peak,
+                         memory_growth_mb=growth, device=str(device), batch=batch, steps=steps)

@@ -103,11 +103,12 @@ def to_google_npz(model: nn.Module, seed: int = 0) -> dict[str, np.ndarray]:
         heads = block.attn.num_heads
         q, k, v = sd[ours + "attn.qkv.weight"].chunk(3)
         qb, kb, vb = sd[ours + "attn.qkv.bias"].chunk(3)
+        mha = f"{src}MultiHeadDotProductAttention_1/"
         for name, w, b in (("query", q, qb), ("key", k, kb), ("value", v, vb)):
-            out[f"{src}MultiHeadDotProductAttention_1/{name}/kernel"] = w.T.reshape(hidden, heads, -1)
-            out[f"{src}MultiHeadDotProductAttention_1/{name}/bias"] = b.reshape(heads, -1)
-        out[f"{src}MultiHeadDotProductAttention_1/out/kernel"] = sd[ours + "attn.proj.weight"].T.reshape(heads, -1, hidden)
-        out[f"{src}MultiHeadDotProductAttention_1/out/bias"] = sd[ours + "attn.proj.bias"]
+            out[f"{mha}{name}/kernel"] = w.T.reshape(hidden, heads, -1)
+            out[f"{mha}{name}/bias"] = b.reshape(heads, -1)
+        out[f"{mha}out/kernel"] = sd[ours + "attn.proj.weight"].T.reshape(heads, -1, hidden)
+        out[f"{mha}out/bias"] = sd[ours + "attn.proj.bias"]
         for ln, norm in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
             out[f"{src}{ln}/scale"], out[f"{src}{ln}/bias"] = sd[f"{ours}{norm}.weight"], sd[f"{ours}{norm}.bias"]
         for r in (0, 1):
