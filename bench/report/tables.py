@@ -16,7 +16,16 @@ from bench.report.load import Loaded
 from bench.summary import OVERALL, organ_mean_sd
 
 METRIC_NAMES = {"dice": "DSC (%)", "hd95": "HD95"}
-HD_UNIT = "HD95 in mm (in pixels for images without a voxel spacing)"
+HD_UNITS = {
+    "synapse": "HD95 in voxels (the official convention ignores the spacing, although papers print 'mm')",
+    "strict": "HD95 in mm (in pixels for images without a voxel spacing)",
+}
+
+
+def hd_unit(loaded: "Loaded") -> str:
+    """The distance unit of the cohorts' conventions, said plainly."""
+    conventions = sorted({str(c["convention"]) for c in loaded.cohorts})
+    return "; ".join(HD_UNITS.get(c, f"HD95 in the units of convention {c}") for c in conventions)
 
 
 @dataclass
@@ -112,11 +121,11 @@ def organ_table(loaded: Loaded, metric: str) -> Table:
     better = "higher" if metric == "dice" else "lower"
     title = (f"{name} per organ: mean over cases per seed, then mean ± sd over seeds "
              f"('{OVERALL}' = mean over organs; {better} is better, best in bold)")
-    note = fairness_note(loaded) + ("" if metric == "dice" else f"; {HD_UNIT}")
+    note = fairness_note(loaded) + ("" if metric == "dice" else f"; {hd_unit(loaded)}")
     data = long.merge(counts, left_on="model", right_index=True, suffixes=("", "_runs")).rename(
         columns={"seeds": "seeds_with_value", "seeds_runs": "seeds"})
     data.insert(3, "metric", metric)
-    data["unit"] = "fraction" if metric == "dice" else "mm or px"
+    data["unit"] = "fraction" if metric == "dice" else hd_unit(loaded)
     return Table(f"organ_{metric}", title, header, rows, note, bold, data=_context_columns(loaded, data),
                  numeric=set(range(1, len(header))))
 
@@ -193,7 +202,7 @@ def status_table(loaded: Loaded) -> Table:
 
 def wilcoxon_table(loaded: Loaded, df: pd.DataFrame, metric: str) -> Table:
     scale = 100.0 if metric == "dice" else 1.0
-    unit = "percentage points" if metric == "dice" else "mm or px"
+    unit = "percentage points" if metric == "dice" else ("voxels" if {str(c["convention"]) for c in loaded.cohorts} == {"synapse"} else "mm or px")
     header = ["model", "baseline", "organ", "pairs", f"median diff ({unit})", "W", "p", "p (Holm)"]
     rows = [[r.model, r.baseline, r.organ, str(r.n), num(r.median_diff, 2, scale), num(r.statistic, 1),
              pval(r.p), pval(r.p_holm)] for r in df.itertuples()]
