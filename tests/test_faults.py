@@ -69,8 +69,8 @@ def test_sigkill_then_resume_gives_identical_metrics(reference, tiny_dataset, tm
     results = tmp_path / "results"
     run_dir = _run_dir(results, model)
     proc = _start(_args(tiny_dataset, results, model))
-    if when == "eval":  # killed between the last checkpoint and the metrics file
-        _kill_when(proc, lambda: (run_dir / "predictions").exists())
+    if when == "eval":  # killed after the final checkpoint, during evaluation, before the metrics file
+        _kill_when(proc, _checkpoint_at(run_dir, 40))
     else:
         _kill_when(proc, _checkpoint_at(run_dir, when))
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
