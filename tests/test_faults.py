@@ -74,7 +74,8 @@ def test_sigkill_then_resume_gives_identical_metrics(reference, tiny_dataset, tm
     else:
         _kill_when(proc, _checkpoint_at(run_dir, when))
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
-    assert not (run_dir / "metrics.parquet").exists()
+    if when != "eval":  # during evaluation the kill may land just after metrics.parquet is renamed in
+        assert not (run_dir / "metrics.parquet").exists()
     res = bench_cli(*_args(tiny_dataset, results, model))
     assert res.returncode == 0, res.stderr
     assert "resuming" in res.stdout

@@ -114,3 +114,22 @@ def test_bad_yaml_and_empty_dataset(tmp_path):
 def test_models_command_lists_parameter_counts():
     res = bench_cli("models", "unet")
     assert res.returncode == 0 and "24,898,953" in res.stdout
+
+
+def test_evaluate_rescores_saved_predictions_under_another_convention(smoke_run):
+    out, _ = smoke_run
+    d = _run_dir(out, "unet")
+    before = pd.read_parquet(d / "metrics.parquet")
+    res = bench_cli("evaluate", str(d), "--convention", "strict")
+    assert res.returncode == 0, res.stderr
+    after = pd.read_parquet(d / "metrics.parquet")
+    assert set(after["convention"]) == {"synapse", "strict"}
+    pd.testing.assert_frame_equal(after[after.convention == "synapse"].reset_index(drop=True),
+                                  before.reset_index(drop=True))
+    strict = after[after.convention == "strict"]
+    assert len(strict) == len(before)
+    dice = strict[strict.metric == "dice"]
+    # strict never gives Dice 1 to a false positive on an empty reference
+    assert not ((dice.status == "pred_only") & (dice.value != 0)).any()
+    res = bench_cli("evaluate", str(d / "nope"))
+    assert res.returncode == 2 and "not a run folder" in res.stderr
