@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-FOV_MM = 360.0  # in-plane field of view, fitted to the body (330 mm wide before scaling)
+FOV_MM = 380.0  # in-plane field of view; the canonical body is 330 mm wide
 SPINE_Y = 55.0  # canonical centre of the vertebral bodies
 
 
@@ -45,13 +45,13 @@ class _Space:
     def __init__(self, rng: np.random.Generator, size: int, slice_mm: float):
         self.rng = rng
         dx = FOV_MM / size
-        top, bottom = rng.uniform(-25.0, -10.0), rng.uniform(205.0, 235.0)
+        top, bottom = rng.uniform(-35.0, -15.0), rng.uniform(215.0, 250.0)
         depth = max(2, int(round((bottom - top) / slice_mm)))
         self.shape = (depth, size, size)
         self.spacing = (float(slice_mm), dx, dx)
         self.pos = (top + (np.arange(depth) + 0.5) * slice_mm, (np.arange(size) - (size - 1) / 2) * dx)
         # Pose of this patient in the scanner: anisotropic body size, a small tilt and off-centring.
-        sx, sy, sz = rng.uniform(0.85, 1.05), rng.uniform(0.85, 1.08), rng.uniform(0.92, 1.08)
+        sx, sy, sz = rng.uniform(0.88, 1.1), rng.uniform(0.85, 1.1), rng.uniform(0.92, 1.08)
         ang = np.deg2rad(rng.uniform(-5.0, 5.0))
         tx, ty = rng.normal(0.0, 8.0), rng.normal(0.0, 6.0)
         yy, xx = np.meshgrid(self.pos[1] - ty, self.pos[1] - tx, indexing="ij")

@@ -85,8 +85,7 @@ def window(hu: np.ndarray) -> np.ndarray:
 
 
 def generate(out_dir: Path, seed: int = 0, **options) -> Path:
-    """Write the synthetic dataset to out_dir and return out_dir. A dataset already there is
-    replaced, unless its manifest shows it identical (e.g. a concurrent run just wrote it).
+    """Write the synthetic dataset to out_dir (replacing what is there) and return out_dir.
 
     Options: size (in-plane pixels; default 160, i.e. 2.375 mm over the 380 mm field of view),
     slice_mm (default 5.0, giving 46-57 slices per case as the scanned range varies), train_cases
@@ -124,10 +123,7 @@ def generate(out_dir: Path, seed: int = 0, **options) -> Path:
         meta["cases"] = cases
         meta["num_train_slices"] = len(train_names)
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
-        if is_current(out_dir, seed, **options):  # a concurrent run finished the same data first
-            shutil.rmtree(tmp)
-        else:
-            _swap_in(tmp, out_dir)
+        _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
