@@ -12,6 +12,7 @@ import pytest
 
 from bench import synth
 from bench.labels import SYNAPSE_ORGANS
+from bench.phantom import FOV_MM
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOTALSEG = SHARED / "data" / "totalseg-example"
@@ -70,7 +71,7 @@ def test_layout_keys_dtypes_and_ranges(small):
         assert image.ndim == 3 and image.shape == label.shape and image.shape[1:] == (64, 64)
         assert 0.0 <= image.min() and image.max() <= 1.0
         assert image.shape[0] == meta["cases"][case]["depth"]
-        assert spacing == pytest.approx((10.0, 380 / 64, 380 / 64))  # (z, y, x) in mm
+        assert spacing == pytest.approx((10.0, FOV_MM / 64, FOV_MM / 64))  # (z, y, x) in mm
     # Training slices outnumber organ-free ones, as in the real data.
     with_organs = [np.load(small / "train_npz" / f"{n}.npz")["label"].any() for n in train]
     assert np.mean(with_organs) > 0.7
