@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from bench.env import cpu_name
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -45,15 +47,6 @@ def build_official(path: str, img_size: int, num_classes: int) -> nn.Module:
                                         mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.2, ape=False, patch_norm=True)
     return OfficialGray(network)
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -84,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    print(f"machine: {cpu_model()} | {os.cpu_count()} logical CPUs | torch threads {torch.get_num_threads()} | "
+    print(f"machine: {cpu_name()} | {os.cpu_count()} logical CPUs | torch threads {torch.get_num_threads()} | "
           f"torch {torch.__version__} | python {platform.python_version()} | {platform.system()} {platform.release()}")
     print(f"step: Swin-Unet tiny, 9 classes, {args.batch} x 1 x {args.img_size} x {args.img_size}, "
           f"forward + CE backward + SGD; warm-up {args.warmup}, repeats {args.repeats}")

@@ -13,12 +13,7 @@ from models import create_model
 from models.compute import count_parameters, gflops, measure_training
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_conv_flops_match_the_formula() -> None:

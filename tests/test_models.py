@@ -30,14 +30,7 @@ def _contract_knobs(name: str) -> dict:
     return next((k for pattern, k in CONTRACT_KNOBS.items() if fnmatch.fnmatch(name, pattern)), {})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # on a shared 2-core machine, intra-op threads spin against other workers: single-threaded
-    # runs these tests about 10x faster under load, and no slower when idle
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=list_models())

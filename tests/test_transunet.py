@@ -28,12 +28,7 @@ SIZE = 64
 SMALL = dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64, resnet_layers=(2, 1, 1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(seed: int, name: str = "transunet", **knobs) -> nn.Module:

@@ -24,14 +24,7 @@ SIZE = 64
 NANO = dict(img_size=SIZE, num_classes=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # on a shared 2-core machine, intra-op threads spin against other workers: single-threaded
-    # runs these tests about 10x faster under load, and no slower when idle
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nano(seed: int, name: str = "swinunet-nano", **knobs) -> nn.Module:
