@@ -16,6 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 data_app = typer.Typer(no_args_is_help=True, help="Create or import datasets.")
 app.add_typer(data_app, name="data")
 console = Console()
+console.soft_wrap = not console.is_terminal  # log files get whole lines, not 80-column pieces
 err_console = Console(stderr=True)
 
 

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from bench.env import cpu_name
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.env import cpu_name  # noqa: E402
 from models import create_model  # noqa: E402
 
 
@@ -46,7 +45,6 @@ def build_official(path: str, img_size: int, num_classes: int) -> nn.Module:
                                         embed_dim=96, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7,
                                         mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.2, ape=False, patch_norm=True)
     return OfficialGray(network)
-
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
