@@ -22,10 +22,13 @@ HD_UNITS = {
 }
 
 
+def _conventions(loaded: "Loaded") -> list[str]:
+    return sorted({str(c["convention"]) for c in loaded.cohorts})
+
+
 def hd_unit(loaded: "Loaded") -> str:
     """The distance unit of the cohorts' conventions, said plainly."""
-    conventions = sorted({str(c["convention"]) for c in loaded.cohorts})
-    return "; ".join(HD_UNITS.get(c, f"HD95 in the units of convention {c}") for c in conventions)
+    return "; ".join(HD_UNITS.get(c, f"HD95 in the units of convention {c}") for c in _conventions(loaded))
 
 
 @dataclass
@@ -202,7 +205,10 @@ def status_table(loaded: Loaded) -> Table:
 
 def wilcoxon_table(loaded: Loaded, df: pd.DataFrame, metric: str) -> Table:
     scale = 100.0 if metric == "dice" else 1.0
-    unit = "percentage points" if metric == "dice" else ("voxels" if {str(c["convention"]) for c in loaded.cohorts} == {"synapse"} else "mm or px")
+    if metric == "dice":
+        unit = "percentage points"
+    else:
+        unit = "voxels" if _conventions(loaded) == ["synapse"] else "mm or px"
     header = ["model", "baseline", "organ", "pairs", f"median diff ({unit})", "W", "p", "p (Holm)"]
     rows = [[r.model, r.baseline, r.organ, str(r.n), num(r.median_diff, 2, scale), num(r.statistic, 1),
              pval(r.p), pval(r.p_holm)] for r in df.itertuples()]
