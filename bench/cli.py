@@ -66,6 +66,9 @@ def run(
     weights: list[str] = typer.Option([], help="MODEL=PATH: start MODEL from a local weights file."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
+    keep_weights: bool = typer.Option(True, "--keep-weights/--drop-weights",
+                                      help="Keep each completed run's trained weights (model.pt); "
+                                      "--drop-weights keeps only metrics, logs and predictions."),
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.sweep import sweep
@@ -74,7 +77,7 @@ def run(
         models=_csv(models), dataset=dataset, protocol=protocol, seeds=_csv(seeds), results=results,
         reports=reports, lr=lr, iterations=iterations, checkpoint_every=checkpoint_every,
         weights=_parse_weights(weights), device=device, force=force, console=console, progress=_progress(),
-        data_root=data_root, fold=fold, storage=storage, studies=_csv(study),
+        data_root=data_root, fold=fold, storage=storage, studies=_csv(study), keep_weights=keep_weights,
     )
     raise typer.Exit(code)
 

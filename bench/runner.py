@@ -21,7 +21,7 @@ from bench.data import Dataset
 from bench.evaluate import PRED_DIR, evaluate_model
 from bench.protocol import Protocol
 from bench.results import (
-    CHECKPOINT, MANIFEST, METRICS, TRAIN_LOG, RunId, RunLocked, read_manifest, run_lock, run_path,
+    CHECKPOINT, FINAL_WEIGHTS, MANIFEST, METRICS, TRAIN_LOG, RunId, RunLocked, read_manifest, run_lock, run_path,
     write_json, write_metrics,
 )
 from bench.train import Diverged, Interrupted, seed_everything, train
@@ -87,7 +87,7 @@ def check_conflict(run_dir: Path, key: str) -> str | None:
 
 
 def _clear(run_dir: Path) -> None:
-    for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", TRAIN_LOG):
+    for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS, TRAIN_LOG):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / PRED_DIR, ignore_errors=True)
 
@@ -95,8 +95,11 @@ def _clear(run_dir: Path) -> None:
 def execute(
     spec: RunSpec, protocol: Protocol, ds: Dataset, results: Path, device: torch.device,
     force: bool = False, progress: Progress | None = None, say=print, wait: bool = False,
+    keep_weights: bool = True,
 ) -> Outcome:
     """Train and evaluate one run inside its lock; never raises except on interruption.
+
+    A completed run keeps its trained weights in ``model.pt`` unless ``keep_weights`` is off.
 
     Without ``wait`` a run locked by another process comes back as ``locked`` (the sweep
     returns to it later with ``wait=True`` and then reuses what the other process made).
@@ -116,7 +119,10 @@ def execute(
             return Outcome(run, run_dir, "skipped", "already complete")
         if force or (old and old.get("key") != key):
             _clear(run_dir)  # other settings: a checkpoint from them must not be resumed
-        return _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say)
+        out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say)
+        if out.status == "complete" and not keep_weights:
+            (run_dir / FINAL_WEIGHTS).unlink(missing_ok=True)
+        return out
     finally:
         lock.__exit__(None, None, None)
 
@@ -168,19 +174,21 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
 
 def run_jobs(
     jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, results: Path, device: torch.device,
-    force: bool, progress: Progress,
+    force: bool, progress: Progress, keep_weights: bool = True,
 ) -> list[Outcome]:
     """Execute runs in order; runs another process holds are done last, after waiting for it."""
     say = progress.console.print
     outcomes = []
     with progress:
         for spec, proto in jobs:
-            outcomes.append(execute(spec, proto, ds, results, device, force, progress, say=say))
+            outcomes.append(execute(spec, proto, ds, results, device, force, progress, say=say,
+                                   keep_weights=keep_weights))
             _say_outcome(say, outcomes[-1])
         for i, (spec, proto) in enumerate(jobs):
             if outcomes[i].status == "locked":
                 say(f"waiting for another process: {outcomes[i].message}")
-                outcomes[i] = execute(spec, proto, ds, results, device, force, progress, say=say, wait=True)
+                outcomes[i] = execute(spec, proto, ds, results, device, force, progress, say=say, wait=True,
+                                      keep_weights=keep_weights)
                 _say_outcome(say, outcomes[i])
     return outcomes
 

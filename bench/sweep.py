@@ -76,7 +76,7 @@ def sweep(
     lr: str | float | None, iterations: int | None, checkpoint_every: int | None, weights: dict[str, str],
     device: str, force: bool, console: Console, progress: Progress,
     data_root: Path | None = None, fold: int | None = None, storage: str | None = None,
-    studies: list[str] | None = None,
+    studies: list[str] | None = None, keep_weights: bool = True,
 ) -> int:
     """Run the sweep; returns the exit status (0 when every run completed or was reused)."""
     if not models:
@@ -118,7 +118,8 @@ def sweep(
                   f"({len(ds.train_slices)} training slices, {len(ds.test_cases)} test cases), "
                   f"device {dev}, lr {_describe_lrs(lrs)}, seeds {seed_list}")
     try:
-        outcomes = run_jobs([(spec, proto) for spec in specs], ds, results, dev, force, progress)
+        outcomes = run_jobs([(spec, proto) for spec in specs], ds, results, dev, force, progress,
+                            keep_weights=keep_weights)
     except Interrupted as e:
         console.print(f"[yellow]interrupted[/]: {e}; run the same command again to resume")
         return 130

@@ -24,7 +24,7 @@ from rich.progress import Progress
 from bench.data import Dataset, IterationBatches, TrainSlices
 from bench.losses import combined_loss
 from bench.protocol import Protocol
-from bench.results import CHECKPOINT, TRAIN_LOG, atomic_write
+from bench.results import CHECKPOINT, FINAL_WEIGHTS, TRAIN_LOG, atomic_write
 
 LOG_FIELDS = ["iteration", "loss", "ce", "dice", "lr", "seconds"]
 
@@ -70,6 +70,30 @@ def _save_checkpoint(run_dir: Path, state: dict) -> None:
     if path.exists():
         os.replace(path, prev)  # keep the last good one until the new one is in place
     atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+
+
+def _save_final(run_dir: Path, model: torch.nn.Module, iteration: int) -> None:
+    """The trained weights alone (half a checkpoint's size: no optimizer state is needed any more)."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "iteration": iteration}, buf)
+    atomic_write(run_dir / FINAL_WEIGHTS, lambda p: p.write_bytes(buf.getvalue()))
+    for name in (CHECKPOINT, CHECKPOINT + ".prev"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def load_final(run_dir: Path, say=print) -> dict | None:
+    """A finished training's weights ({"model", "iteration"}), or None."""
+    path = run_dir / FINAL_WEIGHTS
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not {"model", "iteration"} <= set(state):
+            raise ValueError("missing keys")
+        return state
+    except Exception as e:
+        say(f"[yellow]weights {path} are unreadable ({type(e).__name__}: {e}); ignoring them[/]")
+        return None
 
 
 def load_checkpoint(run_dir: Path, say=print) -> dict | None:
@@ -157,6 +181,11 @@ def train(
     )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    final = load_final(run_dir, say)
+    if final is not None and int(final["iteration"]) == max_iter:
+        model.load_state_dict(final["model"])  # trained before, only the evaluation was left
+        say(f"resuming {label} after training ({max_iter} iterations done): evaluating {FINAL_WEIGHTS}")
+        return TrainResult(max_iter, 0.0, 0.0, max_iter)
     start = 0
     state = load_checkpoint(run_dir, say)
     if state is not None:
@@ -231,7 +260,8 @@ def train(
                 checkpoint(done)
             if stop.signal:
                 raise Interrupted(f"stopped by signal {stop.signal} at iteration {done}; checkpoint saved")
-    checkpoint(max_iter)
+    _write_log(run_dir, log)
+    _save_final(run_dir, model, max_iter)
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress.remove_task(task)

@@ -32,7 +32,7 @@ from bench.env import pick_device
 from bench.errors import BenchError
 from bench.evaluate import evaluate_model
 from bench.protocol import Protocol, load_protocol
-from bench.results import CHECKPOINT, write_json
+from bench.results import CHECKPOINT, FINAL_WEIGHTS, write_json
 from bench.splits import validation_view
 from bench.studies import (
     default_storage_url, display_url, load_or_create_study, open_storage, study_dir, study_name,
@@ -194,7 +194,7 @@ def _objective(s: Search, study: optuna.Study, progress, say):
             raise
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
-            for name in (CHECKPOINT, CHECKPOINT + ".prev"):
+            for name in (CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS):
                 (run_dir / name).unlink(missing_ok=True)  # keep the training log, not the weights
             write_json(run_dir / "trial.json", record | {"seconds": round(time.perf_counter() - t0, 2)})
 

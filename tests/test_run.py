@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import bench_cli
 
@@ -29,8 +30,9 @@ def test_run_writes_every_file(smoke_run):
     out, res = smoke_run
     for model in MODELS:
         d = _run_dir(out, model)
-        for name in ("manifest.json", "metrics.parquet", "train_log.csv", "checkpoint.pt"):
+        for name in ("manifest.json", "metrics.parquet", "train_log.csv", "model.pt"):
             assert (d / name).is_file(), name
+        assert not list(d.glob("checkpoint.pt*"))  # the optimizer state goes once training is over
         assert (d / "predictions" / "case0001.npz").is_file()
         m = json.loads((d / "manifest.json").read_text())
         assert m["status"] == "complete"
@@ -75,11 +77,25 @@ def test_other_settings_in_a_completed_folder_are_refused(smoke_run, tiny_datase
 def test_same_seed_gives_identical_metrics(smoke_run, tiny_dataset, tmp_path):
     out, _ = smoke_run
     res = bench_cli("run", "--models", "swinunet", "--protocol", "smoke", "--dataset", str(tiny_dataset),
-                    "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"))
+                    "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports"),
+                    "--drop-weights")
     assert res.returncode == 0, res.stderr
     a = pd.read_parquet(_run_dir(out, "swinunet") / "metrics.parquet")
     b = pd.read_parquet(_run_dir(tmp_path, "swinunet") / "metrics.parquet")
     pd.testing.assert_frame_equal(a, b)
+    assert not list(_run_dir(tmp_path, "swinunet").glob("*.pt*"))  # --drop-weights
+
+
+def test_saved_weights_load_into_the_registered_model(smoke_run):
+    from models import create_model
+    from models.weights import read_state_dict
+
+    out, _ = smoke_run
+    state = read_state_dict(_run_dir(out, "swinunet") / "model.pt")
+    model = create_model("swinunet", num_classes=9, in_channels=1, img_size=64)
+    model.load_state_dict(state)  # strict: every key and shape matches
+    assert any(not torch.equal(v, state[k]) for k, v in
+               create_model("swinunet", num_classes=9, in_channels=1, img_size=64).state_dict().items())
 
 
 @pytest.mark.parametrize(
