@@ -171,7 +171,7 @@ def evaluate(
 
     rows = rescore_run(run_dir, convention, nsd_tolerance)
     conv = rows["convention"].iloc[0]
-    console.print(render_rich(summary_table(rows), f"{run_dir} re-scored, convention {conv}"))
+    console.print(render_rich(summary_table(rows), f"{run_dir} re-scored, convention {conv}", console.width))
     console.print(f"rows for convention {conv} written to {run_dir / 'metrics.parquet'}")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Group
 from rich.table import Table
 
 from bench.errors import BenchError
@@ -72,16 +73,30 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return out.join(counts)
 
 
-def render_rich(table: pd.DataFrame, title: str) -> Table:
-    """Models as columns (fits a terminal); organ rows are DSC %."""
-    t = Table(title=title, title_justify="left")
-    t.add_column("")
+def render_rich(table: pd.DataFrame, title: str, width: int = 80) -> Group:
+    """Models as columns, organ rows in DSC %; as many tables as it takes to fit ``width``."""
+    names = [f"{c} DSC %" if c not in ("DSC %", "HD95", "seeds", "cases") else str(c) for c in table.columns]
+    first = max(map(len, names)) + 3  # the row-name column with its borders and padding
+    chunks, chunk, used = [], [], first + 1
     for model in table.index:
-        t.add_column(str(model), justify="right")
-    for col in table.columns:
-        name = f"{col} DSC %" if col not in ("DSC %", "HD95", "seeds", "cases") else col
-        t.add_row(name, *[_fmt(v) for v in table[col]], end_section=col in ("HD95", "stomach"))
-    return t
+        need = max(len(str(model)), 6) + 3
+        if chunk and used + need > width:
+            chunks.append(chunk)
+            chunk, used = [], first + 1
+        chunk.append(model)
+        used += need
+    chunks.append(chunk)
+    tables = []
+    for i, models in enumerate(chunks):
+        part = f" ({i + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+        t = Table(title=title + part, title_justify="left")
+        t.add_column("")
+        for model in models:
+            t.add_column(str(model), justify="right")
+        for name, col in zip(names, table.columns):
+            t.add_row(name, *[_fmt(table[col][m]) for m in models], end_section=col in ("HD95", "stomach"))
+        tables.append(t)
+    return Group(*tables)
 
 
 def render_markdown(table: pd.DataFrame, header: str) -> str:

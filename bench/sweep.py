@@ -130,7 +130,7 @@ def sweep(
         table = summary_table(metrics[metrics["convention"] == proto.evaluation.convention])
         title = (f"{ds.name} / protocol {proto.name} ({proto.hash()}) / convention "
                  f"{proto.evaluation.convention}: DSC % and HD95, mean over cases and seeds")
-        console.print(render_rich(table, title))
+        console.print(render_rich(table, title, console.width))
         md = reports / ds.name / proto.name / "summary.md"
         write_summary(table, f"# {title}", md)
         console.print(f"table written to {md}")

@@ -1,9 +1,11 @@
-"""Engine pieces: batch order, loss, inference modes, run paths, atomic files, locks."""
+"""Engine pieces: batch order, loss, inference modes, run paths, atomic files, locks, console table."""
+import io
 import json
 import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -126,3 +128,27 @@ def test_validation_split_holds_out_whole_training_cases(tiny_dataset):
     image, label, _ = load_volume(val, val.test_cases[0])
     n = sum(case_of(s) == val.test_cases[0] for s in ds.train_slices)
     assert image.shape[0] == label.shape[0] == n
+
+
+def test_console_table_splits_models_to_fit_the_width():
+    from rich.console import Console
+
+    from bench.summary import render_rich
+
+    models = [f"swinunet-variant{k:02d}" for k in range(12)]
+    columns = ["DSC %", "HD95", "aorta", "stomach", "seeds", "cases"]
+    table = pd.DataFrame([[50.0 + k, 9.0, 40.0, 60.0, 1, 12] for k in range(12)], index=models, columns=columns)
+
+    def show(table: pd.DataFrame, width: int) -> str:
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(render_rich(table, "title", width))
+        return console.export_text()
+
+    for width in (80, 200):
+        text = show(table, width)
+        assert max(map(len, text.splitlines())) <= width
+        assert "title (1/" in text
+        for k, model in enumerate(models):  # every model once, with its own value
+            assert text.count(model) == 1
+            assert f"{50.0 + k:.2f}" in text
+    assert "(1/" not in show(table.iloc[:2], 80)  # two models fit in one table
