@@ -134,7 +134,7 @@ def run2d(tmp_path_factory):
     base = tmp_path_factory.mktemp("run2d")
     folder = make_folder(base / "scans")
     res = bench_cli("run", "--dataset", str(folder), "--models", "unet,swinunet", "--protocol", "smoke",
-                    "--results", str(base / "results"), "--reports", str(base / "reports"))
+                    "--results", str(base / "results"), "--reports", str(base / "reports"), "--drop-weights")
     assert res.returncode == 0, res.stdout + res.stderr
     return base, folder, res
 

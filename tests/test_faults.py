@@ -37,7 +37,7 @@ def _metrics(results: Path, model: str = "unet") -> pd.DataFrame:
 def reference(tiny_dataset, tmp_path_factory) -> Path:
     """An uninterrupted run of the command the kill tests interrupt."""
     results = tmp_path_factory.mktemp("ref") / "results"
-    res = bench_cli(*_args(tiny_dataset, results, "unet,swinunet-nano"))
+    res = bench_cli(*_args(tiny_dataset, results, "unet,swinunet-nano"), "--drop-weights")
     assert res.returncode == 0, res.stderr
     return results
 

@@ -38,7 +38,8 @@ def sweep(tmp_path_factory):
     data = synth.generate(root / "data" / "tiny3", seed=0, size=64, slice_mm=10.0, train_cases=("0005", "0006"),
                           test_cases=CASES)
     res = bench_cli("run", "--models", ",".join(MODELS), "--protocol", "smoke", "--seeds", "0,1",
-                    "--dataset", str(data), "--results", str(root / "results"), "--reports", str(root / "reports"))
+                    "--dataset", str(data), "--results", str(root / "results"), "--reports", str(root / "reports"),
+                    "--drop-weights")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "report written to" in res.stdout, res.stdout
     rep = bench_cli("report", "--results", str(root / "results"), "--out", str(root / "out"))

@@ -17,7 +17,6 @@ import h5py
 import optuna
 import pandas as pd
 import pytest
-import torch
 from rich.console import Console
 from rich.progress import Progress
 
@@ -52,14 +51,6 @@ def study(tiny_dataset, tmp_path_factory):
     res = bench_cli(*_tune_args(tiny_dataset, out / "results", storage, "S", 3))
     assert res.returncode == 0, res.stdout + res.stderr
     return out, storage, res
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _quiet() -> tuple[Console, Progress]:
