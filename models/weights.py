@@ -11,6 +11,11 @@ Never downloads. Understands:
   timm's, which merges patches at the start of a stage), loaded into a Swin-Unet as the official
   ``SwinUnet.load_from`` does: encoder keys directly, ``layers.{i}.*`` also into ``layers_up.{L-1-i}.*``,
   keys the model lacks or whose shapes differ dropped, the decoder-only layers left as initialised.
+* a trained official TransUNet checkpoint (``transformer.embeddings.hybrid_model...`` keys, the
+  state dict of its ``VisionTransformer``), renamed into our TransUNet; it must match exactly,
+  apart from the position grid, which is zoomed when trained at another input size.
+* Google's ``R50+ViT-B_16.npz`` (Flax layout) into a TransUNet: encoder only.
+* encoder-only weights for segmentation-models-pytorch models.
 
 The model records where its weights came from in ``model.pretrained_from`` and what was loaded in
 ``model.weights_report`` (a :class:`LoadReport`), for run manifests.
@@ -35,7 +40,7 @@ class LoadReport:
     """What a load did: the detected format and the keys left out on either side."""
 
     path: str
-    format: str  # "state_dict" | "swin_imagenet" | "vit_npz" | "smp_encoder"
+    format: str  # "state_dict" | "swin_imagenet" | "vit_npz" | "smp_encoder" | "transunet_official"
     loaded: int
     missing: list[str] = field(default_factory=list)  # model keys left as initialised
     dropped: list[str] = field(default_factory=list)  # file keys not used (absent or shape mismatch)
@@ -193,6 +198,52 @@ def google_vit_state(npz: Mapping[str, "np.ndarray"], model: nn.Module) -> tuple
     return out, sorted(prefix + k for k in w if k not in used)
 
 
+def _is_official_transunet(state: Mapping[str, torch.Tensor], model: nn.Module) -> bool:
+    from models.transunet import TransUNet
+
+    return isinstance(model, TransUNet) and any(k.startswith("transformer.embeddings.") for k in state)
+
+
+def official_transunet_state(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """An official TransUNet ``VisionTransformer`` state dict under our TransUNet's keys.
+
+    Keys it cannot place keep their names, so the strict check lists them.
+    """
+    hybrid, enc = "transformer.embeddings.hybrid_model.", "transformer.encoder."
+    fixed = {f"{hybrid}root.conv.weight": "backbone.stem.conv.weight",
+             f"{hybrid}root.gn.weight": "backbone.stem.norm.weight",
+             f"{hybrid}root.gn.bias": "backbone.stem.norm.bias",
+             "transformer.embeddings.patch_embeddings.weight": "patch_embed.weight",
+             "transformer.embeddings.patch_embeddings.bias": "patch_embed.bias",
+             f"{enc}encoder_norm.weight": "norm.weight", f"{enc}encoder_norm.bias": "norm.bias"}
+    unit = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "gn1": "norm1", "gn2": "norm2", "gn3": "norm3",
+            "downsample": "downsample.conv", "gn_proj": "downsample.norm"}
+    layer = {"attention_norm": "norm1", "ffn_norm": "norm2", "ffn.fc1": "mlp.fc1", "ffn.fc2": "mlp.fc2",
+             "attn.out": "attn.proj"}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for k, v in state.items():
+        if k in fixed:
+            out[fixed[k]] = v
+        elif k == "transformer.embeddings.position_embeddings":
+            out["pos_embed"] = _resize_pos_embed(v, model.grid)
+        elif m := re.fullmatch(re.escape(hybrid) + r"body\.block(\d+)\.unit(\d+)\.(\w+)\.(weight|bias)", k):
+            name = unit.get(m[3], m[3])
+            out[f"backbone.stages.{int(m[1]) - 1}.blocks.{int(m[2]) - 1}.{name}.{m[4]}"] = v
+        elif m := re.fullmatch(re.escape(enc) + r"layer\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", k):
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = v
+        elif m := re.fullmatch(re.escape(enc) + r"layer\.(\d+)\.(.+)\.(weight|bias)", k):
+            out[f"blocks.{m[1]}.{layer.get(m[2], m[2])}.{m[3]}"] = v
+        else:
+            out[k] = v  # decoder.* and segmentation_head.* are named alike
+    for (i, kind), parts in qkv.items():
+        if set(parts) == {"query", "key", "value"}:
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+        else:
+            out.update({f"{enc}layer.{i}.attn.{n}.{kind}": t for n, t in parts.items()})
+    return out
+
+
 # --- encoder-only weights for segmentation_models.pytorch models ----------------------------------
 
 def _smp_encoder_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -254,6 +305,9 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
             state = _mirror_encoder(_timm_to_microsoft(state), len(model.layers))
         elif (encoder := _smp_encoder_state(state, model)) is not None:
             fmt, partial, state = "smp_encoder", True, encoder
+        elif _is_official_transunet(state, model):
+            fmt, partial = "transunet_official", not strict
+            state = official_transunet_state(state, model)
         else:
             fmt, partial = "state_dict", not strict
     if partial:

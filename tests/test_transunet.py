@@ -1,8 +1,9 @@
-"""TransUNet: the skip knob, Google's npz checkpoint layout, and parity with the official network.
+"""TransUNet: the skip knob, Google's npz and official trained checkpoints, parity with the official network.
 
 The npz tests write a synthetic checkpoint in the layout of Google's ``R50+ViT-B_16.npz`` (the keys the
 official ``VisionTransformer.load_from`` reads, plus the class token and classifier it ignores) from our
-own model's weights. The parity test needs the official network file (Beckschen/TransUNet @ 02ef001,
+own model's weights; the trained-checkpoint test renames our weights into the official network's keys. The
+parity tests need the official network file (Beckschen/TransUNet @ 02ef001,
 networks/vit_seg_modeling.py, with vit_seg_configs.py and vit_seg_modeling_resnet_skip.py beside it)
 named by SEGBENCH_OFFICIAL_TRANSUNET; it skips otherwise. ``ml_collections`` is stubbed if missing.
 """
@@ -151,6 +152,54 @@ def test_npz_position_grid_is_resized(tmp_path: Path) -> None:
     assert torch.allclose(dst.pos_embed[0, 0], grid[0, 0]) and torch.allclose(dst.pos_embed[0, -1], grid[-1, -1])
 
 
+def to_official_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our TransUNet's weights under the official ``VisionTransformer`` state-dict keys."""
+    hybrid, enc = "transformer.embeddings.hybrid_model.", "transformer.encoder."
+    names = {"norm1": "gn1", "norm2": "gn2", "norm3": "gn3",
+             "downsample.conv": "downsample", "downsample.norm": "gn_proj"}
+    out = {}
+    for k, v in model.state_dict().items():
+        parts = k.split(".")
+        if k.startswith("backbone.stem."):
+            out[hybrid + "root." + {"conv": "conv", "norm": "gn"}[parts[2]] + "." + parts[3]] = v
+        elif k.startswith("backbone.stages."):
+            layer = ".".join(parts[5:-1])
+            unit = f"{hybrid}body.block{int(parts[2]) + 1}.unit{int(parts[4]) + 1}."
+            out[f"{unit}{names.get(layer, layer)}.{parts[-1]}"] = v
+        elif k.startswith("patch_embed."):
+            out["transformer.embeddings.patch_embeddings." + parts[1]] = v
+        elif k == "pos_embed":
+            out["transformer.embeddings.position_embeddings"] = v
+        elif k.startswith("norm."):
+            out[enc + "encoder_norm." + parts[1]] = v
+        elif k.startswith("blocks.") and parts[2] == "attn" and parts[3] == "qkv":
+            for name, t in zip(("query", "key", "value"), v.chunk(3)):
+                out[f"{enc}layer.{parts[1]}.attn.{name}.{parts[4]}"] = t
+        elif k.startswith("blocks."):
+            rest = {"norm1": "attention_norm", "norm2": "ffn_norm", "mlp": "ffn", "attn": "attn"}[parts[2]]
+            inner = "out" if parts[3] == "proj" else parts[3]
+            out[f"{enc}layer.{parts[1]}.{rest}." + (f"{inner}." if parts[2] in ("mlp", "attn") else "") + parts[-1]] = v
+        else:
+            out[k] = v
+    return out
+
+
+def test_official_trained_checkpoint_round_trip(tmp_path: Path) -> None:
+    src, dst = _perturbed(_small(0)), _small(1)
+    official = to_official_state(src)
+    assert "transformer.encoder.layer.1.attn.value.bias" in official and "transformer.embeddings.hybrid_model." \
+        "body.block1.unit1.gn_proj.weight" in official
+    torch.save({f"module.{k}": v for k, v in official.items()}, tmp_path / "TU_Synapse224.pth")  # DataParallel
+    report = load_weights(dst, tmp_path / "TU_Synapse224.pth")
+    assert report.format == "transunet_official" and not report.missing and not report.dropped
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+    # a file from another configuration: the mismatches are listed, nothing half-loaded is kept quiet
+    with pytest.raises(ValueError, match=r"does not match TransUNet: 0 shape mismatches.*model keys not in the file "
+                                         r"\[backbone\.stages\.0\.blocks\.2\."):
+        load_weights(_small(1, resnet_layers=(3, 1, 1)), tmp_path / "TU_Synapse224.pth")
+
+
 def test_npz_errors(tmp_path: Path) -> None:
     npz = to_google_npz(_small(0))
     np.savez(tmp_path / "vit.npz", **{k: v for k, v in npz.items() if not k.startswith(("conv_root", "gn_root"))})
@@ -230,6 +279,23 @@ def test_matches_official_network(tmp_path: Path, img_size: int, n_skip: int) ->
     # in float64: with random weights float32 rounding grows through the 12 blocks to ~1e-3 relative,
     # which would hide a small real difference; the official float32 zero-padding buffer of the 1/4 skip
     # leaves ~1e-7
+    x = torch.rand(2, 1, img_size, img_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        a, b = ours.double().eval()(x), ref.double().eval()(x)
+    diff = (a - b).abs().max().item() / b.abs().max().item()
+    assert diff < 1e-5, f"max abs difference {diff:.3g} of the largest output"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("img_size,n_skip", [(224, 3), (96, 2)])
+def test_official_trained_checkpoint_gives_the_official_outputs(tmp_path: Path, img_size: int, n_skip: int) -> None:
+    """A trained official checkpoint (the whole network, DataParallel-prefixed) loads into ours exactly."""
+    torch.manual_seed(0)
+    ref = _perturbed(official_transunet(img_size, 9, n_skip), 0.02)
+    torch.save({f"module.{k}": v for k, v in ref.state_dict().items()}, tmp_path / "TU_Synapse.pth")
+    ours = create_model(f"transunet-skip{n_skip}", num_classes=9, img_size=img_size,
+                        weights=str(tmp_path / "TU_Synapse.pth"))
+    assert ours.weights_report.format == "transunet_official" and not ours.weights_report.missing
     x = torch.rand(2, 1, img_size, img_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         a, b = ours.double().eval()(x), ref.double().eval()(x)
