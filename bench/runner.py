@@ -128,6 +128,7 @@ def execute(
 
 
 def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say) -> Outcome:
+    before = read_manifest(run_dir) or {}
     manifest = {
         "status": "running", "key": key, "run": run.__dict__, **config,
         "protocol_hash": protocol.hash(), "git": env.git_revision(), "packages": env.package_versions(),
@@ -147,6 +148,10 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
         manifest.update(iterations=result.iterations, resumed_from=result.resumed_from,
                         train_seconds=round(result.seconds, 2),
                         train_images_per_second=round(result.images_per_second, 2))
+        if result.resumed_from == result.iterations:  # only the evaluation was left: keep the training figures
+            for k in ("train_seconds", "train_images_per_second"):
+                manifest[k] = before.get(k) if before.get("key") == key else None
+        write_json(run_dir / MANIFEST, manifest)  # the training figures survive a crash during evaluation
         t_eval = time.perf_counter()
         metrics = evaluate_model(model, ds, protocol.input_size, protocol.evaluation, device,
                                  run_dir, progress, f"{label} eval")

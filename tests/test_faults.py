@@ -81,6 +81,7 @@ def test_sigkill_then_resume_gives_identical_metrics(reference, tiny_dataset, tm
     assert "resuming" in res.stdout
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["resumed_from"] > 0
+    assert manifest["train_seconds"] != 0  # a number from before the kill, or None (unknown), never 0
     got, want = _metrics(results, model), _metrics(reference, model)
     assert not got.duplicated(["case", "label", "metric"]).any()
     pd.testing.assert_frame_equal(got, want)
@@ -99,6 +100,24 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(reference, tiny_dat
     assert res.returncode == 0, res.stderr
     assert "unreadable" in res.stdout and "resuming" in res.stdout and "Traceback" not in res.stderr
     pd.testing.assert_frame_equal(_metrics(results), _metrics(reference))
+
+
+def test_a_run_that_died_in_evaluation_reuses_its_final_weights(reference, tiny_dataset, tmp_path):
+    results = tmp_path / "results"
+    run_dir = _run_dir(results, "swinunet-nano")
+    assert bench_cli(*_args(tiny_dataset, results, "swinunet-nano")).returncode == 0
+    first = json.loads((run_dir / "manifest.json").read_text())
+    # the state a kill during evaluation leaves: weights saved, manifest still "running", no metrics
+    (run_dir / "manifest.json").write_text(json.dumps(first | {"status": "running"}))
+    (run_dir / "metrics.parquet").unlink()
+    res = bench_cli(*_args(tiny_dataset, results, "swinunet-nano"))
+    assert res.returncode == 0, res.stderr
+    assert "after training (40 iterations done): evaluating model.pt" in res.stdout
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["resumed_from"] == 40
+    assert manifest["train_seconds"] == first["train_seconds"] > 0
+    assert len(pd.read_csv(run_dir / "train_log.csv")) == 40
+    pd.testing.assert_frame_equal(_metrics(results, "swinunet-nano"), _metrics(reference, "swinunet-nano"))
 
 
 def test_a_diverging_model_fails_alone(tiny_dataset, tmp_path):
