@@ -20,6 +20,12 @@ console.soft_wrap = not console.is_terminal  # log files get whole lines, not 80
 err_console = Console(stderr=True)
 
 
+# one option, three commands (run, ablate, paper)
+KEEP_WEIGHTS = typer.Option(True, "--keep-weights/--drop-weights",
+                            help="Keep each completed run's trained weights (model.pt); "
+                            "--drop-weights keeps only metrics, logs and predictions.")
+
+
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
@@ -66,9 +72,7 @@ def run(
     weights: list[str] = typer.Option([], help="MODEL=PATH: start MODEL from a local weights file."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
-    keep_weights: bool = typer.Option(True, "--keep-weights/--drop-weights",
-                                      help="Keep each completed run's trained weights (model.pt); "
-                                      "--drop-weights keeps only metrics, logs and predictions."),
+    keep_weights: bool = KEEP_WEIGHTS,
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.sweep import sweep
@@ -291,12 +295,13 @@ def ablate(
     iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
+    keep_weights: bool = KEEP_WEIGHTS,
 ) -> None:
     """Run every value of one knob through `bench run` machinery; table with the published rows."""
     from bench.paper_run import ablate as run_ablate
 
     raise typer.Exit(run_ablate(spec, protocol, _seeds(seeds), dataset, results, out, device, force,
-                                iterations, _progress(), console))
+                                iterations, _progress(), console, keep_weights))
 
 
 @app.command()
@@ -312,12 +317,13 @@ def paper(
     iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
+    keep_weights: bool = KEEP_WEIGHTS,
 ) -> None:
     """Regenerate a published table with our rows (from runs, trained if missing) beside it."""
     from bench.paper_run import paper_table
 
     raise typer.Exit(paper_table(name, protocol, _seeds(seeds), dataset, _csv(models), results, out, device,
-                                 force, iterations, _progress(), console, data_root))
+                                 force, iterations, _progress(), console, data_root, keep_weights))
 
 
 def main() -> None:

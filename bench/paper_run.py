@@ -33,8 +33,9 @@ def _dataset(dataset: str, results: Path, console: Console, data_root: Path | No
     return resolve_dataset(dataset, say=console.print, data_root=data_root)
 
 
-def _execute(rows: list[Row], seeds: list[int], ds, results: Path, device: str, force: bool, progress: Progress):
-    outcomes = run_jobs(jobs(rows, seeds), ds, results, pick_device(device), force, progress)
+def _execute(rows: list[Row], seeds: list[int], ds, results: Path, device: str, force: bool, progress: Progress,
+             keep_weights: bool = True):
+    outcomes = run_jobs(jobs(rows, seeds), ds, results, pick_device(device), force, progress, keep_weights)
     per_row, failed = {}, []
     for row in rows:
         mine = [o for o in outcomes if o.run.model == _label(row) and o.run.protocol == row.protocol.name]
@@ -76,18 +77,18 @@ def _finish(failed, console: Console) -> int:
 
 def ablate(spec_path: Path, protocol: str | None, seeds: list[int] | None, dataset: str | None,
            results: Path, out: Path | None, device: str, force: bool, iterations: int | None,
-           progress: Progress, console: Console) -> int:
+           progress: Progress, console: Console, keep_weights: bool = True) -> int:
     spec = load_spec(spec_path)
     return _ablation(spec, Path(spec_path).stem, protocol, seeds, dataset, results, out, device, force,
-                     iterations, progress, console)
+                     iterations, progress, console, keep_weights)
 
 
 def _ablation(spec: AblationSpec, name: str, protocol, seeds, dataset, results, out, device, force,
-              iterations, progress, console) -> int:
+              iterations, progress, console, keep_weights: bool = True) -> int:
     rows = expand(spec, protocol, iterations)
     seeds = seeds or spec.seeds or list(rows[0].protocol.seeds)
     ds = _dataset(dataset or spec.dataset, results, console)
-    per_row, failed = _execute(rows, seeds, ds, results, device, force, progress)
+    per_row, failed = _execute(rows, seeds, ds, results, device, force, progress, keep_weights)
     reference = paper.load_reference(spec.mirrors) if spec.mirrors else {"rows": [], "source": "none", "dataset": "-"}
     ours = {r: paper.row_values(m) for r, m in per_row.items()}
     table = paper.build_table(reference, ours, {r: r for r in ours}, all_published=False)
@@ -101,13 +102,14 @@ def _ablation(spec: AblationSpec, name: str, protocol, seeds, dataset, results, 
 
 def paper_table(name: str, protocol: str | None, seeds: list[int] | None, dataset: str, models: list[str],
                 results: Path, out: Path | None, device: str, force: bool, iterations: int | None,
-                progress: Progress, console: Console, data_root: Path | None = None) -> int:
+                progress: Progress, console: Console, data_root: Path | None = None,
+                keep_weights: bool = True) -> int:
     if name not in PAPERS:
         raise BenchError(f"unknown paper table '{name}'; known: {', '.join(sorted(PAPERS))}")
     entry = PAPERS[name]
     if "spec" in entry:
         return _ablation(entry["spec"], name, protocol, seeds, dataset, results, out, device, force,
-                         iterations, progress, console)
+                         iterations, progress, console, keep_weights)
     reference = paper.load_reference(entry["table"])
     proto = load_protocol(protocol or "cpu").override(iterations=iterations)
     rows = [Row(m, m, {}, proto) for m in dict.fromkeys(entry["models"] + models)]
@@ -117,7 +119,7 @@ def paper_table(name: str, protocol: str | None, seeds: list[int] | None, datase
     if reference.get("columns") and not organs & set(reference["columns"]):
         raise BenchError(f"{name} compares {', '.join(reference['columns'])}; dataset '{ds.name}' has "
                          f"{', '.join(sorted(organs))} (prepare the right data first, e.g. `bench data prepare-acdc`)")
-    per_row, failed = _execute(rows, seeds, ds, results, device, force, progress)
+    per_row, failed = _execute(rows, seeds, ds, results, device, force, progress, keep_weights)
     ours = {r: paper.row_values(m) for r, m in per_row.items()}
     match = {m: next((str(r["method"]) for r in reference["rows"] if r.get("ours") == m), None) for m in ours}
     table = paper.build_table(reference, ours, match, all_published=True)

@@ -67,9 +67,12 @@ def _recompute(run_dir: Path) -> tuple[float, float]:
 
 def test_ablate_runs_variants_renders_table_and_reuses_runs(tiny_dataset, tmp_path):
     args = ["ablate", str(ROOT / "ablations/swinunet-skips.yaml"), "--protocol", "smoke", "--iterations", "2",
-            "--dataset", str(tiny_dataset), "--results", str(tmp_path / "results"), "--out", str(tmp_path / "reports")]
+            "--dataset", str(tiny_dataset), "--results", str(tmp_path / "results"), "--out", str(tmp_path / "reports"),
+            "--drop-weights"]
     res = bench_cli(*args)
     assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "results").glob("*/*/*/seed0/manifest.json"))) == 4
+    assert not list((tmp_path / "results").rglob("*.pt*"))
     table = pd.read_csv(tmp_path / "reports/tiny/smoke/ablations/swinunet-skips/table.csv", dtype=str)
     published = table[table.source == "published"]
     assert published["dsc"].tolist() == ["72.46", "76.43", "78.93", "79.13"]
@@ -89,8 +92,10 @@ def test_ablate_runs_variants_renders_table_and_reuses_runs(tiny_dataset, tmp_pa
 def test_paper_table_has_every_published_row_and_ours_marked(tiny_dataset, tmp_path):
     res = bench_cli("paper", "swin-unet-synapse", "--protocol", "smoke", "--iterations", "1",
                     "--dataset", str(tiny_dataset), "--results", str(tmp_path / "results"),
-                    "--out", str(tmp_path / "reports"), timeout=1200)
+                    "--out", str(tmp_path / "reports"), "--drop-weights", timeout=1200)
     assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "results").glob("*/*/*/seed0/manifest.json"))) == 3
+    assert not list((tmp_path / "results").rglob("*.pt*"))
     out = tmp_path / "reports/tiny/smoke/papers/swin-unet-synapse"
     table = pd.read_csv(out / "table.csv", dtype=str)
     methods = {r["method"] for r in load_reference("swin-unet-synapse")["rows"]}
