@@ -119,7 +119,7 @@ def execute(
             return Outcome(run, run_dir, "skipped", "already complete")
         if force or (old and old.get("key") != key):
             _clear(run_dir)  # other settings: a checkpoint from them must not be resumed
-        out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say)
+        out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, old or {})
         if out.status == "complete" and not keep_weights:
             (run_dir / FINAL_WEIGHTS).unlink(missing_ok=True)
         return out
@@ -127,8 +127,7 @@ def execute(
         lock.__exit__(None, None, None)
 
 
-def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say) -> Outcome:
-    before = read_manifest(run_dir) or {}
+def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, before: dict) -> Outcome:
     manifest = {
         "status": "running", "key": key, "run": run.__dict__, **config,
         "protocol_hash": protocol.hash(), "git": env.git_revision(), "packages": env.package_versions(),

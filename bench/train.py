@@ -74,40 +74,37 @@ def _save_checkpoint(run_dir: Path, state: dict) -> None:
 
 def _save_final(run_dir: Path, model: torch.nn.Module, iteration: int) -> None:
     """The trained weights alone (half a checkpoint's size: no optimizer state is needed any more)."""
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "iteration": iteration}, buf)
-    atomic_write(run_dir / FINAL_WEIGHTS, lambda p: p.write_bytes(buf.getvalue()))
+    state = {"model": model.state_dict(), "iteration": iteration}
+    atomic_write(run_dir / FINAL_WEIGHTS, lambda p: torch.save(state, p))
     for name in (CHECKPOINT, CHECKPOINT + ".prev"):
         (run_dir / name).unlink(missing_ok=True)
 
 
-def load_final(run_dir: Path, say=print) -> dict | None:
-    """A finished training's weights ({"model", "iteration"}), or None."""
-    path = run_dir / FINAL_WEIGHTS
+def _read_state(path: Path, keys: set[str], weights_only: bool, say) -> dict | None:
+    """``path``'s dict if it exists, reads and holds ``keys``; a line and None if it is unreadable."""
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not {"model", "iteration"} <= set(state):
+        state = torch.load(path, map_location="cpu", weights_only=weights_only)
+        if not keys <= set(state):
             raise ValueError("missing keys")
         return state
     except Exception as e:
-        say(f"[yellow]weights {path} are unreadable ({type(e).__name__}: {e}); ignoring them[/]")
+        say(f"[yellow]{path} is unreadable ({type(e).__name__}: {e}); ignoring it[/]")
         return None
+
+
+def load_final(run_dir: Path, say=print) -> dict | None:
+    """A finished training's weights ({"model", "iteration"}), or None."""
+    return _read_state(run_dir / FINAL_WEIGHTS, {"model", "iteration"}, True, say)
 
 
 def load_checkpoint(run_dir: Path, say=print) -> dict | None:
     """The newest readable checkpoint, falling back to the previous one; None for a fresh start."""
     for path in (run_dir / CHECKPOINT, run_dir / (CHECKPOINT + ".prev")):
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if not {"model", "optimizer", "iteration", "torch_rng"} <= set(state):
-                raise ValueError("missing keys")
+        state = _read_state(path, {"model", "optimizer", "iteration", "torch_rng"}, False, say)
+        if state is not None:
             return state
-        except Exception as e:
-            say(f"[yellow]checkpoint {path} is unreadable ({type(e).__name__}: {e}); ignoring it[/]")
     return None
 
 

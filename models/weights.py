@@ -216,7 +216,7 @@ def official_transunet_state(state: Mapping[str, torch.Tensor], model: nn.Module
              "transformer.embeddings.patch_embeddings.weight": "patch_embed.weight",
              "transformer.embeddings.patch_embeddings.bias": "patch_embed.bias",
              f"{enc}encoder_norm.weight": "norm.weight", f"{enc}encoder_norm.bias": "norm.bias"}
-    unit = {"conv1": "conv1", "conv2": "conv2", "conv3": "conv3", "gn1": "norm1", "gn2": "norm2", "gn3": "norm3",
+    unit = {"gn1": "norm1", "gn2": "norm2", "gn3": "norm3",
             "downsample": "downsample.conv", "gn_proj": "downsample.norm"}
     layer = {"attention_norm": "norm1", "ffn_norm": "norm2", "ffn.fc1": "mlp.fc1", "ffn.fc2": "mlp.fc2",
              "attn.out": "attn.proj"}
