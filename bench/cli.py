@@ -75,7 +75,7 @@ def run(
     keep_weights: bool = KEEP_WEIGHTS,
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
-    from bench.sweep import sweep
+    from bench.experiments.sweep import sweep
 
     code = sweep(
         models=_csv(models), dataset=dataset, protocol=protocol, seeds=_csv(seeds), results=results,
@@ -109,7 +109,7 @@ def tune(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Search each model's base learning rate with Optuna, scored on held-out training cases."""
-    from bench.tune import tune as run_tune
+    from bench.experiments.tune.search import tune as run_tune
 
     if model and models:
         raise BenchError("give either --model or --models, not both")
@@ -170,8 +170,8 @@ def evaluate(
     nsd_tolerance: Optional[float] = typer.Option(None, help="NSD tolerance in mm (default: the run's)."),
 ) -> None:
     """Re-score a finished run from its saved predictions (no retraining)."""
-    from bench.rescore import rescore_run
-    from bench.summary import render_rich, summary_table
+    from bench.engine.rescore import rescore_run
+    from bench.report.console import render_rich, summary_table
 
     rows = rescore_run(run_dir, convention, nsd_tolerance)
     conv = rows["convention"].iloc[0]
@@ -207,8 +207,8 @@ def data_synth(
     seed: int = typer.Option(0, help="Generator seed."),
 ) -> None:
     """Generate the built-in synthetic abdomen in the Synapse layout."""
-    from bench import synth
-    from bench.datasets import cache_dir
+    from bench.data.synthetic import generate as synth
+    from bench.data.resolve import cache_dir
 
     target = out or cache_dir() / f"synthetic-seed{seed}"
     if target.exists() and any(target.iterdir()):
@@ -221,15 +221,15 @@ def data_synth(
 def data_import(
     image: Path = typer.Option(..., help="CT image: a NIfTI file or a DICOM series folder."),
     label: Path = typer.Option(..., help="Label map on the same physical grid: NIfTI file or DICOM folder."),
-    label_map: str = typer.Option(..., help="btcv, totalsegmentator, or a YAML file (see bench/labelmaps.py)."),
+    label_map: str = typer.Option(..., help="btcv, totalsegmentator, or a YAML file (see bench/data/labelmaps.py)."),
     case_id: str = typer.Option(..., help="Case name in the dataset, e.g. case0041."),
     out: Path = typer.Option(..., help="Dataset folder (created, or extended case by case)."),
     window: tuple[float, float] = typer.Option((-125.0, 275.0), help="CT window LO HI in HU, scaled to [0, 1]."),
     split: str = typer.Option("train", help="List the case for training (train) or testing (test)."),
 ) -> None:
     """Import one CT case (image + label) into a dataset in the Synapse layout."""
-    from bench.importers import import_case
-    from bench.labelmaps import load_label_map
+    from bench.data.ct_import import import_case
+    from bench.data.labelmaps import load_label_map
 
     info = import_case(image, label, load_label_map(label_map), case_id, out, window, split)
     counts = ", ".join(f"{k} {v}" for k, v in info["voxels"].items())
@@ -244,7 +244,7 @@ def data_prepare_btcv(
     out: Path = typer.Option(..., help="New dataset folder."),
 ) -> None:
     """The official Synapse preprocessing of the 30 labelled BTCV scans (18 train / 12 test)."""
-    from bench.importers import prepare_btcv
+    from bench.data.ct_import import prepare_btcv
 
     prepare_btcv(raw_dir, out, say=console.print)
     console.print(f"wrote the Synapse dataset to {out}; run it with: bench run --dataset {out}")
@@ -256,7 +256,7 @@ def data_prepare_acdc(
     out: Path = typer.Option(..., help="New dataset folder."),
 ) -> None:
     """ACDC cardiac MRI (RV, Myo, LV) with the 70 / 10 / 20 patient split."""
-    from bench.acdc import prepare_acdc
+    from bench.data.acdc import prepare_acdc
 
     prepare_acdc(raw_dir, out, say=console.print)
     console.print(f"wrote the ACDC dataset to {out}; run it with: bench run --dataset {out}")
@@ -270,8 +270,8 @@ def data_split(
     seed: int = typer.Option(0, help="Seed of the draw."),
 ) -> None:
     """Store K folds and/or a validation subset in the dataset's splits.json (training cases only)."""
-    from bench.datasets import resolve_dataset
-    from bench.splits import split_dataset
+    from bench.data.resolve import resolve_dataset
+    from bench.data.splits import split_dataset
 
     path = split_dataset(resolve_dataset(dataset, say=console.print), folds, val_fraction, seed)
     console.print(f"wrote {path}" + (f"; run a fold with: bench run --dataset {dataset} --fold 0" if folds else ""))
@@ -298,7 +298,7 @@ def ablate(
     keep_weights: bool = KEEP_WEIGHTS,
 ) -> None:
     """Run every value of one knob through `bench run` machinery; table with the published rows."""
-    from bench.paper_run import ablate as run_ablate
+    from bench.experiments.paper import ablate as run_ablate
 
     raise typer.Exit(run_ablate(spec, protocol, _seeds(seeds), dataset, results, out, device, force,
                                 iterations, _progress(), console, keep_weights))
@@ -320,7 +320,7 @@ def paper(
     keep_weights: bool = KEEP_WEIGHTS,
 ) -> None:
     """Regenerate a published table with our rows (from runs, trained if missing) beside it."""
-    from bench.paper_run import paper_table
+    from bench.experiments.paper import paper_table
 
     raise typer.Exit(paper_table(name, protocol, _seeds(seeds), dataset, _csv(models), results, out, device,
                                  force, iterations, _progress(), console, data_root, keep_weights))

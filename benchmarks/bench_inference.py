@@ -19,7 +19,7 @@ import torch
 from scipy import ndimage
 
 from bench.env import cpu_name
-from bench.infer import predict_volume
+from bench.engine.inference import predict_volume
 from models import create_model
 
 

@@ -1,4 +1,4 @@
-"""Speed of ``bench.metrics.evaluate_case`` against the official medpy procedure.
+"""Speed of ``bench.engine.metrics.evaluate_case`` against the official medpy procedure.
 
 One Synapse-sized case (D x 512 x 512, eight organs) is scored by both in the same run;
 the script prints the machine, both medians, their ratio, and checks that the values agree.
@@ -27,9 +27,9 @@ from scipy.ndimage import zoom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 
-from bench.labels import SYNAPSE_ORGANS  # noqa: E402
-from bench.metrics import evaluate_case  # noqa: E402
-from bench.metrics_medpy import evaluate_case_medpy, load_totalseg_pair  # noqa: E402
+from bench.data.organs import SYNAPSE_ORGANS  # noqa: E402
+from bench.engine.metrics import evaluate_case  # noqa: E402
+from bench.engine.metrics_medpy import evaluate_case_medpy, load_totalseg_pair  # noqa: E402
 
 TOTALSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg-example"
 SPACING = (2.5, 0.7, 0.7)  # a typical Synapse voxel (mm); only the strict convention uses it

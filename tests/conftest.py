@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import synth
+from bench.data.synthetic import generate as synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

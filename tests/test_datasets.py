@@ -12,12 +12,13 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from bench import acdc, images2d
-from bench.data import case_of, load_volume
-from bench.datasets import resolve_dataset
+from bench.data import acdc
+from bench.data import folders2d as images2d
+from bench.data.synapse import case_of, load_volume
+from bench.data.resolve import resolve_dataset
 from bench.errors import BenchError
-from bench.labels import SYNAPSE_ORGANS
-from bench.splits import fold_view, read_splits, split_dataset, validation_view
+from bench.data.organs import SYNAPSE_ORGANS
+from bench.data.splits import fold_view, read_splits, split_dataset, validation_view
 from conftest import bench_cli
 
 quiet = dict(say=lambda *_: None)
@@ -254,7 +255,7 @@ def test_a_split_file_that_no_longer_fits_is_refused(tmp_path):
 
 def test_a_read_only_folder_keeps_its_split_in_the_cache(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "ro", n=4, size=32)
-    monkeypatch.setattr("bench.splits.os.access", lambda path, mode: False)  # chmod means nothing to root
+    monkeypatch.setattr("bench.data.splits.os.access", lambda path, mode: False)  # chmod means nothing to root
     ds = resolve_dataset(str(root), **quiet)
     assert not (root / "splits.json").exists()
     stored = read_splits(ds.root)

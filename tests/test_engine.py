@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.data import augment, batch_keys
-from bench.infer import predict_volume
-from bench.losses import combined_loss, dice_loss
+from bench.data.synapse import augment, batch_keys
+from bench.engine.inference import predict_volume
+from bench.engine.losses import combined_loss, dice_loss
 from bench.protocol import Augmentation
-from bench.results import RunId, RunLocked, atomic_write, parse_run_path, run_lock, run_path
-from bench.train import poly_lr
+from bench.engine.results import RunId, RunLocked, atomic_write, parse_run_path, run_lock, run_path
+from bench.engine.train import poly_lr
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_iteration():
@@ -117,8 +117,8 @@ def test_run_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_path: P
 
 
 def test_validation_split_holds_out_whole_training_cases(tiny_dataset):
-    from bench.data import case_of, load_volume, open_synapse, validation_split
-    from bench.labels import SYNAPSE_ORGANS
+    from bench.data.synapse import case_of, load_volume, open_synapse, validation_split
+    from bench.data.organs import SYNAPSE_ORGANS
 
     ds = open_synapse(tiny_dataset, "tiny", SYNAPSE_ORGANS)
     val = validation_split(ds, fraction=0.5, seed=0)
@@ -133,7 +133,7 @@ def test_validation_split_holds_out_whole_training_cases(tiny_dataset):
 def test_console_table_splits_models_to_fit_the_width():
     from rich.console import Console
 
-    from bench.summary import render_rich
+    from bench.report.console import render_rich
 
     models = [f"swinunet-variant{k:02d}" for k in range(12)]
     columns = ["DSC %", "HD95", "aorta", "stomach", "seeds", "cases"]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bench import layout
+from bench.data import layout
 from bench.errors import BenchError
-from bench.importers import BTCV_TEST, BTCV_TRAIN, import_case, prepare_btcv
-from bench.labelmaps import BTCV, TOTALSEGMENTATOR, load_label_map
+from bench.data.ct_import import BTCV_TEST, BTCV_TRAIN, import_case, prepare_btcv
+from bench.data.labelmaps import BTCV, TOTALSEGMENTATOR, load_label_map
 from conftest import SHARED, bench_cli
 
 EXAMPLE = SHARED / "data" / "totalseg-example"

@@ -1,4 +1,4 @@
-"""bench.metrics against medpy (the official Synapse procedure) and hand-checked values.
+"""bench.engine.metrics against medpy (the official Synapse procedure) and hand-checked values.
 
 Tolerance: 1e-6 absolute on every metric (the implementation is designed to match medpy
 bit for bit; the tolerance only absorbs platform differences). The reference for NSD is
@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 from scipy.ndimage import binary_erosion, generate_binary_structure
 
-from bench.labels import SYNAPSE_ORGANS
-from bench.metrics import (
+from bench.data.organs import SYNAPSE_ORGANS
+from bench.engine.metrics import (
     BOTH_EMPTY, BOTH_PRESENT, METRICS, PRED_ONLY, REF_ONLY, evaluate_case, surface,
     volume_diagonal,
 )
-from bench.metrics_medpy import calculate_metric_percase, evaluate_case_medpy, load_totalseg_pair
+from bench.engine.metrics_medpy import calculate_metric_percase, evaluate_case_medpy, load_totalseg_pair
 
 TOL = 1e-6
 TOTALSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg-example"
@@ -281,7 +281,7 @@ def test_full_resolution_real_mask(convention):
     """512 x 512 x 20 real CT mask against an edited copy (shift, erosion), Dice and HD95."""
     import SimpleITK as sitk
 
-    from bench.metrics_medpy import TOTALSEG_TO_SYNAPSE
+    from bench.engine.metrics_medpy import TOTALSEG_TO_SYNAPSE
 
     image = sitk.ReadImage(str(TOTALSEG / "seg-ct-dicom.nii.gz"))
     lut = np.zeros(256, dtype=np.uint8)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.ablate import expand, load_spec
+from bench.experiments.ablation import expand, load_spec
 from bench.errors import BenchError
-from bench.paper import load_reference
+from bench.experiments.references import load_reference
 from conftest import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]

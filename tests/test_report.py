@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench import synth
+from bench.data.synthetic import generate as synth
 from bench.report import build_report
 from bench.report.stats import holm, ranking, wilcoxon_vs_baseline
 from conftest import bench_cli
@@ -48,7 +48,7 @@ def sweep(tmp_path_factory):
 
 
 def _parquet(root: Path) -> pd.DataFrame:
-    """The raw rows, read straight from the run folders (not through bench.results)."""
+    """The raw rows, read straight from the run folders (not through bench.engine.results)."""
     return pd.concat([pd.read_parquet(p) for p in sorted((root / "results").glob("*/*/*/seed*/metrics.parquet"))],
                      ignore_index=True)
 

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from bench import synth
-from bench.labels import SYNAPSE_ORGANS
-from bench.phantom import FOV_MM
+from bench.data.synthetic import generate as synth
+from bench.data.organs import SYNAPSE_ORGANS
+from bench.data.synthetic.phantom import FOV_MM
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOTALSEG = SHARED / "data" / "totalseg-example"

@@ -20,15 +20,15 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-import bench.data
-import bench.evaluate
-from bench import tune as tune_mod
-from bench.data import case_of
+import bench.data.synapse
+import bench.engine.evaluation
+from bench.experiments.tune import search as tune_mod
+from bench.data.synapse import case_of
 from bench.errors import BenchError
 from bench.protocol import load_protocol
-from bench.studies import display_url, load_or_create_study, open_storage, study_name, tuned_lr
-from bench.train import Diverged
-from bench.tune import TrialSeededTPE, tune
+from bench.experiments.tune.studies import display_url, load_or_create_study, open_storage, study_name, tuned_lr
+from bench.engine.train import Diverged
+from bench.experiments.tune.search import TrialSeededTPE, tune
 from conftest import bench_cli, subprocess_env
 
 MODEL = "swinunet-nano"
@@ -125,7 +125,7 @@ def test_run_with_tuned_lr_records_the_study_and_trial(study, tiny_dataset):
 
 
 def test_tuned_lr_errors_are_clear(study, tiny_dataset, tmp_path):
-    from bench.sweep import sweep
+    from bench.experiments.sweep import sweep
 
     out, storage, _ = study
 
@@ -147,16 +147,16 @@ def test_tuned_lr_errors_are_clear(study, tiny_dataset, tmp_path):
 
 
 def test_tuning_never_reads_a_test_case(tiny_dataset, tmp_path, monkeypatch, one_thread):
-    from bench.datasets import resolve_dataset
+    from bench.data.resolve import resolve_dataset
 
     monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
     ds = resolve_dataset(str(tiny_dataset), say=lambda *a: None)  # the one-off layout check, done beforehand
     test_cases = set(ds.test_cases)
     opened, volumes, slices = [], [], []
-    real_file, real_volume, real_slice = h5py.File, bench.evaluate.load_volume, bench.data.load_slice
+    real_file, real_volume, real_slice = h5py.File, bench.engine.evaluation.load_volume, bench.data.synapse.load_slice
     monkeypatch.setattr(h5py, "File", lambda path, *a, **k: opened.append(Path(path)) or real_file(path, *a, **k))
-    monkeypatch.setattr(bench.evaluate, "load_volume", lambda d, c: volumes.append((d.eval_split, c)) or real_volume(d, c))
-    monkeypatch.setattr(bench.data, "load_slice", lambda d, n: slices.append(n) or real_slice(d, n))
+    monkeypatch.setattr(bench.engine.evaluation, "load_volume", lambda d, c: volumes.append((d.eval_split, c)) or real_volume(d, c))
+    monkeypatch.setattr(bench.data.synapse, "load_slice", lambda d, n: slices.append(n) or real_slice(d, n))
     assert _tune(tiny_dataset, tmp_path / "results") == 0
     assert volumes and slices  # the spies saw the validation and the training reads
     assert not {c for _, c in volumes} & test_cases

@@ -1,6 +1,6 @@
 """``build_report``: run folders in, a report folder out (HTML, Markdown, LaTeX, CSV, PNG, SVG).
 
-Data flow: load (manifests, metrics; the fairness guard) -> reduce (bench.summary, stats) ->
+Data flow: load (manifests, metrics; the fairness guard) -> reduce (bench.report.console, stats) ->
 arrange (tables) -> draw (plots, qualitative) -> render (render, html) -> write. It reads
 what runs wrote and never trains or scores.
 """
@@ -17,8 +17,8 @@ from bench.report.html import Page, render_page
 from bench.report.load import Loaded, load_runs, mismatch_message, train_logs
 from bench.report.qualitative import qualitative
 from bench.report.render import csv_text, latex, markdown
-from bench.results import atomic_write
-from bench.summary import organ_means
+from bench.engine.results import atomic_write
+from bench.report.console import organ_means
 
 DEFAULT_BASELINE = "unet"
 PLOTS, CSV = "plots", "csv"

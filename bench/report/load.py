@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.metrics import CONVENTIONS
-from bench.results import METRICS, TRAIN_LOG, find_runs, parse_run_path, read_manifest
+from bench.engine.metrics import CONVENTIONS
+from bench.engine.results import METRICS, TRAIN_LOG, find_runs, parse_run_path, read_manifest
 
 # What must agree for two runs to be compared; the display name of each field.
 COHORT_FIELDS = {"dataset": "dataset", "fingerprint": "split", "protocol": "protocol",

@@ -17,7 +17,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from bench.summary import OVERALL
+from bench.report.console import OVERALL
 
 RC = {"svg.hashsalt": "segbench", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 11}
 DPI = 110

@@ -16,9 +16,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from bench.data import Dataset, load_volume
+from bench.data.synapse import Dataset, load_volume
 from bench.errors import BenchError
-from bench.evaluate import load_prediction
+from bench.engine.evaluation import load_prediction
 from bench.report.load import Loaded
 from bench.report.plots import Plot, _figure, save
 

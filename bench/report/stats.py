@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.summary import OVERALL
+from bench.report.console import OVERALL
 
 N_BOOT = 2000
 LEVEL = 0.95

@@ -2,7 +2,7 @@
 
 Each ``Table`` carries a ``note`` (the fairness line: dataset, protocol and hash, metric
 convention, seeds, pretrained weights) that every rendering prints with it. Reductions come
-from ``bench.summary`` (mean over cases per seed, then mean +- sd over seeds) and
+from ``bench.report.console`` (mean over cases per seed, then mean +- sd over seeds) and
 ``bench.report.stats``; this module only arranges and formats them.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.report.load import Loaded
-from bench.summary import OVERALL, organ_mean_sd
+from bench.report.console import OVERALL, organ_mean_sd
 
 METRIC_NAMES = {"dice": "DSC (%)", "hd95": "HD95"}
 HD_UNITS = {

@@ -17,14 +17,14 @@ import torch
 from rich.progress import Progress
 
 from bench import env
-from bench.data import Dataset
-from bench.evaluate import PRED_DIR, evaluate_model
+from bench.data.synapse import Dataset
+from bench.engine.evaluation import PRED_DIR, evaluate_model
 from bench.protocol import Protocol
-from bench.results import (
+from bench.engine.results import (
     CHECKPOINT, FINAL_WEIGHTS, MANIFEST, METRICS, TRAIN_LOG, RunId, RunLocked, read_manifest, run_lock, run_path,
     write_json, write_metrics,
 )
-from bench.train import Diverged, Interrupted, seed_everything, train
+from bench.engine.train import Diverged, Interrupted, seed_everything, train
 from models import create_model
 from models.compute import gflops
 

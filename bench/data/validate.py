@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.data import LIST_DIR
+from bench.data.synapse import LIST_DIR
 from bench.errors import BenchError
 
 VERSION = 1
@@ -125,7 +125,7 @@ def check_volume(path: Path, num_classes: int) -> None:
 
 def validate_layout(root: Path, num_classes: int, say=print) -> None:
     """Check a Synapse-layout folder; raises BenchError naming the first bad file."""
-    from bench.datasets import cache_dir
+    from bench.data.resolve import cache_dir
 
     root = Path(root)
     train, test = _listed(root)

@@ -3,7 +3,7 @@
 Why: the benchmark must run end to end on a CPU without the (registration-only) BTCV data, and the
 data must still need what the real task needs: organ intensities overlap, so a model has to learn
 position, shape and texture (`intensity_oracle_dice` measures how far plain windowing gets).
-The phantom itself is drawn by `bench.phantom`; this module names the cases, windows the HU
+The phantom itself is drawn by `bench.data.synthetic.phantom`; this module names the cases, windows the HU
 values exactly as the official preprocessing does, and writes the folder:
 
     <out_dir>/train_npz/case0005_slice000.npz     image float32 H x W in [0, 1], label uint8 H x W
@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.phantom import make_case
+from bench.data.synthetic.phantom import make_case
 
 GENERATOR_VERSION = 1  # bump whenever the generated arrays change
 HU_WINDOW = (-125.0, 275.0)  # the official preprocessing: clip, then scale to [0, 1]

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from bench.errors import BenchError
-from bench.labels import SYNAPSE_ORGANS
+from bench.data.organs import SYNAPSE_ORGANS
 
 
 @dataclass(frozen=True)

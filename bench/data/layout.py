@@ -1,4 +1,4 @@
-"""Writing datasets in the Synapse layout (see bench/data.py), never half-way.
+"""Writing datasets in the Synapse layout (see bench/data/synapse.py), never half-way.
 
 Every case is written in both forms, so any split (train/test lists, folds, a validation
 subset) can use it without converting again:
@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bench.data import LIST_DIR
+from bench.data.synapse import LIST_DIR
 from bench.errors import BenchError
 
 META = "dataset.json"

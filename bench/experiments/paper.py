@@ -8,15 +8,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench import paper
-from bench.ablate import AblationSpec, Row, expand, jobs, load_spec
-from bench.datasets import resolve_dataset
+from bench.experiments import references as paper
+from bench.experiments.ablation import AblationSpec, Row, expand, jobs, load_spec
+from bench.data.resolve import resolve_dataset
 from bench.env import pick_device
 from bench.errors import BenchError
 from bench.protocol import load_protocol
-from bench.results import atomic_write, read_metrics
-from bench.runner import run_jobs
-from bench.sweep import _check_writable
+from bench.engine.results import atomic_write, read_metrics
+from bench.engine.runner import run_jobs
+from bench.experiments.sweep import _check_writable
 
 # Paper tables: which published table, and how our rows are made.
 PAPERS = {
@@ -48,7 +48,7 @@ def _execute(rows: list[Row], seeds: list[int], ds, results: Path, device: str, 
 
 
 def _label(row: Row) -> str:
-    from bench.runner import RunSpec
+    from bench.engine.runner import RunSpec
 
     return RunSpec(row.model, 0, 0.0, "", knobs=dict(row.knobs)).label
 

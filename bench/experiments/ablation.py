@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from bench.errors import BenchError
 from bench.protocol import Protocol, load_protocol, load_yaml_model
-from bench.runner import RunSpec
+from bench.engine.runner import RunSpec
 from models import is_model, list_models
 
 Value = Union[int, float, str]
@@ -30,7 +30,7 @@ class AblationSpec(BaseModel):
     dataset: str = "synthetic"
     protocol: str = "cpu"
     seeds: list[int] | None = None
-    mirrors: str | None = None  # a published table in bench/references/*.yaml
+    mirrors: str | None = None  # a published table in bench/experiments/published/*.yaml
     description: str = ""
 
     @model_validator(mode="after")

@@ -9,11 +9,11 @@ import pandas as pd
 import torch
 from rich.progress import Progress
 
-from bench.data import Dataset, load_volume
-from bench.infer import predict_volume
-from bench.metrics import evaluate_case
+from bench.data.synapse import Dataset, load_volume
+from bench.engine.inference import predict_volume
+from bench.engine.metrics import evaluate_case
 from bench.protocol import Evaluation
-from bench.results import atomic_write
+from bench.engine.results import atomic_write
 
 METRICS = ("dice", "hd95", "asd", "nsd")
 PRED_DIR = "predictions"

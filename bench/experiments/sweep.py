@@ -10,14 +10,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from bench.datasets import resolve_dataset
+from bench.data.resolve import resolve_dataset
 from bench.errors import BenchError
 from bench.env import pick_device
 from bench.protocol import load_protocol
-from bench.results import RunId, read_metrics, run_path
-from bench.runner import RunSpec, check_conflict, config_key, run_config, run_jobs
-from bench.train import Interrupted
-from bench.summary import render_rich, summary_table, write_summary
+from bench.engine.results import RunId, read_metrics, run_path
+from bench.engine.runner import RunSpec, check_conflict, config_key, run_config, run_jobs
+from bench.engine.train import Interrupted
+from bench.report.console import render_rich, summary_table, write_summary
 from models import is_model, list_models
 
 
@@ -54,7 +54,7 @@ def _parse_lr(lr: str | float | None) -> float | None:
 def _tuned_lrs(models: list[str], ds, proto, results: Path, storage: str | None, studies: list[str],
                say) -> dict[str, tuple[float, str]]:
     """Each model's best learning rate from its study (``--lr tuned``), with its source."""
-    from bench.studies import default_storage_url, study_name, tuned_lr
+    from bench.experiments.tune.studies import default_storage_url, study_name, tuned_lr
 
     if studies and len(studies) != len(models):
         raise BenchError(f"--study names one study per model: {len(studies)} names for {len(models)} models")

@@ -26,18 +26,18 @@ import pandas as pd
 import torch
 from optuna.samplers import BaseSampler, TPESampler
 
-from bench.data import Dataset, case_of
-from bench.datasets import resolve_dataset
+from bench.data.synapse import Dataset, case_of
+from bench.data.resolve import resolve_dataset
 from bench.env import pick_device
 from bench.errors import BenchError
-from bench.evaluate import evaluate_model
+from bench.engine.evaluation import evaluate_model
 from bench.protocol import Protocol, load_protocol
-from bench.results import CHECKPOINT, FINAL_WEIGHTS, write_json
-from bench.splits import validation_view
-from bench.studies import (
+from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, write_json
+from bench.data.splits import validation_view
+from bench.experiments.tune.studies import (
     default_storage_url, display_url, load_or_create_study, open_storage, study_dir, study_name,
 )
-from bench.train import Diverged, Interrupted, seed_everything, train
+from bench.engine.train import Diverged, Interrupted, seed_everything, train
 from models import create_model, is_model, list_models
 
 SEARCHABLE = ("lr", "weight_decay", "batch_size")
@@ -307,7 +307,7 @@ def tune(
                   f"{len(view.train_slices)} slices, validating on {', '.join(view.test_cases)} (held-out "
                   f"training cases; test cases untouched); lr {t.lr_min:g}..{t.lr_max:g} log-uniform, "
                   f"{n_trials} more trials per model; storage {display_url(url)}; device {dev}")
-    from bench.tune_outputs import write_outputs
+    from bench.experiments.tune.outputs import write_outputs
 
     code = 0
     with _quiet_optuna():

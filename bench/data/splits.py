@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import Dataset, case_of, validation_split
+from bench.data.synapse import Dataset, case_of, validation_split
 from bench.errors import BenchError
-from bench.layout import atomic_text, read_meta
+from bench.data.layout import atomic_text, read_meta
 
 SPLITS = "splits.json"
 
@@ -33,7 +33,7 @@ def splits_path(root: Path) -> Path:
     A converted dataset (a 2D image folder) names its split file in dataset.json, so the split
     stays with the user's folder rather than with the cached conversion.
     """
-    from bench.datasets import cache_dir
+    from bench.data.resolve import cache_dir
 
     root = Path(root).resolve()
     meta = read_meta(root)

@@ -1,4 +1,4 @@
-"""Paper tables: published rows from bench/references/*.yaml beside ours, recomputed from runs.
+"""Paper tables: published rows from bench/experiments/published/*.yaml beside ours, recomputed from runs.
 
 Our value for a row: per seed, the mean over cases of each organ (DSC in %), the row's DSC /
 HD95 being the mean over organs; then mean and sample standard deviation over seeds.
@@ -15,7 +15,7 @@ import yaml
 
 from bench.errors import BenchError
 
-REFERENCE_DIR = Path(__file__).parent / "references"
+REFERENCE_DIR = Path(__file__).parent / "published"
 
 
 def load_reference(table_id: str) -> dict:

@@ -8,7 +8,7 @@ Split: 70 training / 10 validation / 20 test patients, as in the TransUNet and S
 The papers did not publish their patient ids; these are the public lists of SSL4MIS
 (github HiLab-git/SSL4MIS, data/ACDC/{train,val,test}.list, commit 0119796), used by many
 follow-up works. Validation patients are written but listed in neither train.txt nor
-test_vol.txt: they are the stored ``val`` split (see bench.splits).
+test_vol.txt: they are the stored ``val`` split (see bench.data.splits).
 
 Preprocessing: the voxel order of the files is kept (short-axis slices first; MR stacks are
 oblique, so no reorientation); image and label must share one grid; each volume is scaled
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import layout
+from bench.data import layout
 from bench.errors import BenchError
-from bench.importers import check_image, load_pair
-from bench.labelmaps import LabelMap
-from bench.splits import write_splits
+from bench.data.ct_import import check_image, load_pair
+from bench.data.labelmaps import LabelMap
+from bench.data.splits import write_splits
 
 ACDC = LabelMap("acdc", {1: 1, 2: 2, 3: 3}, frozenset(range(4)), {1: "RV", 2: "Myo", 3: "LV"})
 TEST_PATIENTS = (1, 7, 8, 11, 13, 22, 24, 33, 52, 59, 64, 65, 66, 68, 75, 80, 81, 83, 84, 93)

@@ -14,7 +14,7 @@ voxel is a foreground voxel with at least one face neighbour (connectivity 1) th
 background or outside the array; the distance of a surface voxel is the Euclidean distance,
 scaled per axis by the spacing, to the nearest surface voxel of the other mask; HD95 is the
 95th percentile (numpy's default linear interpolation) of both directed distance arrays
-concatenated. ``bench.metrics_medpy`` holds the medpy-based reference these values are tested
+concatenated. ``bench.engine.metrics_medpy`` holds the medpy-based reference these values are tested
 against (equal within 1e-6; in practice bit for bit).
 
 Why it is fast (about two orders of magnitude faster than medpy on a Synapse-sized volume):

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench import layout
-from bench.data import Dataset, open_synapse
+from bench.data import layout
+from bench.data.synapse import Dataset, open_synapse
 from bench.errors import BenchError
-from bench.labelmaps import label_values
-from bench.splits import SPLITS, random_split, read_splits, splits_path, write_splits
+from bench.data.labelmaps import label_values
+from bench.data.splits import SPLITS, random_split, read_splits, splits_path, write_splits
 
 VERSION = 1
 EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -238,7 +238,7 @@ def _split(root: Path, ids: list[str], say=print) -> dict:
 
 def open_folder(root: Path, say=print) -> Dataset:
     """The Dataset for an images/ + masks/ folder (converted into the cache on first use)."""
-    from bench.datasets import cache_dir
+    from bench.data.resolve import cache_dir
 
     root = Path(root).expanduser()
     pairs = pair(root)

@@ -1,4 +1,4 @@
-"""The official Synapse evaluation on medpy: the trusted reference for ``bench.metrics``.
+"""The official Synapse evaluation on medpy: the trusted reference for ``bench.engine.metrics``.
 
 Slow by design (medpy computes a Euclidean distance transform over the whole volume for
 every directed distance), so it is used by the tests and the benchmark, never by the engine.

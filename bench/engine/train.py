@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from bench.data import Dataset, IterationBatches, TrainSlices
-from bench.losses import combined_loss
+from bench.data.synapse import Dataset, IterationBatches, TrainSlices
+from bench.engine.losses import combined_loss
 from bench.protocol import Protocol
-from bench.results import CHECKPOINT, FINAL_WEIGHTS, TRAIN_LOG, atomic_write
+from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, TRAIN_LOG, atomic_write
 
 LOG_FIELDS = ["iteration", "loss", "ce", "dice", "lr", "seconds"]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from bench import layout
+from bench.data import layout
 from bench.errors import BenchError
-from bench.labelmaps import BTCV, LabelMap
+from bench.data.labelmaps import BTCV, LabelMap
 
 CT_WINDOW = (-125.0, 275.0)
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(_[A-Za-z0-9.-]+)*$")

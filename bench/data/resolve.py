@@ -3,7 +3,7 @@
 Forms: ``synthetic`` (generated into the cache), ``synapse`` with ``--data-root DIR`` (the
 official preprocessed files), a folder in the Synapse layout (made by ``bench data import``,
 ``prepare-btcv``, ``prepare-acdc`` or by hand), or a folder of 2D images with ``images/`` and
-``masks/``. Folders are checked up front (bench.validate); class names come from the folder's
+``masks/``. Folders are checked up front (bench.data.validate); class names come from the folder's
 ``dataset.json`` when it has one, else they are the Synapse organs.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.data import LIST_DIR, Dataset, open_synapse
+from bench.data.synapse import LIST_DIR, Dataset, open_synapse
 from bench.errors import BenchError
-from bench.labels import SYNAPSE_ORGANS
+from bench.data.organs import SYNAPSE_ORGANS
 
 
 def cache_dir() -> Path:
@@ -27,7 +27,7 @@ def cache_dir() -> Path:
 
 def synthetic(seed: int = 0, say=print) -> Dataset:
     """The built-in synthetic abdomen, generated into the cache on first use."""
-    from bench import synth
+    from bench.data.synthetic import generate as synth
 
     root = cache_dir() / f"synthetic-seed{seed}"
     if not synth.is_current(root, seed):
@@ -38,8 +38,8 @@ def synthetic(seed: int = 0, say=print) -> Dataset:
 
 def open_layout(root: Path, name: str | None = None, say=print) -> Dataset:
     """A checked Synapse-layout folder, with its own class names if it has a dataset.json."""
-    from bench.layout import read_meta
-    from bench.validate import validate_layout
+    from bench.data.layout import read_meta
+    from bench.data.validate import validate_layout
 
     if not (root / LIST_DIR).is_dir():
         raise BenchError(f"{root}: not a dataset in the Synapse layout (no {LIST_DIR}/) "
@@ -52,7 +52,8 @@ def open_layout(root: Path, name: str | None = None, say=print) -> Dataset:
 
 def resolve_dataset(spec: str, say=print, data_root: Path | str | None = None, fold: int | None = None) -> Dataset:
     """``synthetic``, ``synapse`` (with data_root), or a dataset folder; fold k of its stored K-fold split."""
-    from bench import images2d, splits
+    from bench.data import folders2d as images2d
+    from bench.data import splits
 
     if data_root is not None and spec != "synapse":
         raise BenchError("--data-root is only used with --dataset synapse; pass other folders as --dataset PATH")

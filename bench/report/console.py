@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 
 from bench.errors import BenchError
-from bench.results import atomic_write
+from bench.engine.results import atomic_write
 
 
 def seed_organ_means(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:

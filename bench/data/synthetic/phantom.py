@@ -2,7 +2,7 @@
 
 Why a phantom: the harness needs a dataset that ships with the code and is cheap on a CPU, yet asks
 a model what the real task asks. Organ intensities overlap each other and the background (as in
-contrast CT), so a per-organ intensity window scores poorly (see `bench.synth.intensity_oracle_dice`)
+contrast CT), so a per-organ intensity window scores poorly (see `bench.data.synthetic.generate.intensity_oracle_dice`)
 and position, shape and texture have to be learned.
 
 Conventions: millimetres; radiological view, so x grows to the image right (the patient's left) and
@@ -26,7 +26,7 @@ SPINE_Y = 55.0  # canonical centre of the vertebral bodies
 @dataclass(frozen=True)
 class Case:
     hu: np.ndarray  # float32 D x H x W, Hounsfield units before any window
-    label: np.ndarray  # uint8 D x H x W, Synapse ids (bench.labels)
+    label: np.ndarray  # uint8 D x H x W, Synapse ids (bench.data.organs)
     spacing: tuple[float, float, float]  # (z, y, x) in mm
 
 
