@@ -9,9 +9,8 @@ import pytest
 from bench.experiments.ablation import expand, load_spec
 from bench.errors import BenchError
 from bench.experiments.references import load_reference
-from conftest import bench_cli
+from helpers import ROOT, bench_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "ablations").glob("*.yaml"))
 
 

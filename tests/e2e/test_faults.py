@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import bench_cli, subprocess_env
+from helpers import bench_cli, subprocess_env
 
 pytestmark = pytest.mark.faults
 RUN = ["run", "--protocol", "smoke", "--iterations", "40", "--checkpoint-every", "10"]

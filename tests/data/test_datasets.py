@@ -19,7 +19,7 @@ from bench.data.resolve import resolve_dataset
 from bench.errors import BenchError
 from bench.data.organs import SYNAPSE_ORGANS
 from bench.data.splits import fold_view, read_splits, split_dataset, validation_view
-from conftest import bench_cli
+from helpers import bench_cli
 
 quiet = dict(say=lambda *_: None)
 

@@ -29,7 +29,7 @@ from bench.protocol import load_protocol
 from bench.experiments.tune.studies import display_url, load_or_create_study, open_storage, study_name, tuned_lr
 from bench.engine.train import Diverged
 from bench.experiments.tune.search import TrialSeededTPE, tune
-from conftest import bench_cli, subprocess_env
+from helpers import bench_cli, subprocess_env
 
 MODEL = "swinunet-nano"
 

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from bench.protocol import load_protocol
-from conftest import bench_cli
+from helpers import bench_cli
 from models import list_models
 
 

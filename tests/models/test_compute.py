@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from timm.layers import Attention
 
-from conftest import bench_cli
+from helpers import bench_cli
 from models import create_model
 from models.compute import count_parameters, gflops, measure_training
 

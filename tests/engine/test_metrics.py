@@ -20,9 +20,10 @@ from bench.engine.metrics import (
     volume_diagonal,
 )
 from bench.engine.metrics_medpy import calculate_metric_percase, evaluate_case_medpy, load_totalseg_pair
+from helpers import SHARED
 
 TOL = 1e-6
-TOTALSEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg-example"
+TOTALSEG = SHARED / "data" / "totalseg-example"
 needs_totalseg = pytest.mark.skipif(
     not (TOTALSEG / "seg-total.nii.gz").is_file(),
     reason=f"real TotalSegmentator masks not found at {TOTALSEG} (shared data absent)",

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import bench_cli
+from helpers import bench_cli
 
 MODELS = ("swinunet", "unet")
 

@@ -22,7 +22,7 @@ from scipy import stats
 from bench.data.synthetic import generate as synth
 from bench.report import build_report
 from bench.report.stats import holm, ranking, wilcoxon_vs_baseline
-from conftest import bench_cli
+from helpers import bench_cli
 
 MODELS = ("swinunet", "unet")
 SEEDS = (0, 1)

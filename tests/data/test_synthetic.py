@@ -13,8 +13,8 @@ import pytest
 from bench.data.synthetic import generate as synth
 from bench.data.organs import SYNAPSE_ORGANS
 from bench.data.synthetic.phantom import FOV_MM
+from helpers import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOTALSEG = SHARED / "data" / "totalseg-example"
 SMALL = dict(size=64, slice_mm=10.0, train_cases=("0005", "0006"), test_cases=("0001", "0002"))
 ORGANS = sorted(SYNAPSE_ORGANS)
