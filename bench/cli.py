@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -53,22 +52,22 @@ def run(
     models: str = typer.Option(..., help="Comma-separated model names (see `bench models`)."),
     dataset: str = typer.Option("synthetic", help="'synthetic', 'synapse' (with --data-root), a folder in the "
                                 "Synapse layout, or a folder with images/ and masks/."),
-    data_root: Optional[Path] = typer.Option(None, help="With --dataset synapse: the official preprocessed data "
+    data_root: Path | None = typer.Option(None, help="With --dataset synapse: the official preprocessed data "
                                              "(train_npz/, test_vol_h5/, lists/lists_Synapse/)."),
-    fold: Optional[int] = typer.Option(None, help="Train and evaluate on fold K of the dataset's stored split "
+    fold: int | None = typer.Option(None, help="Train and evaluate on fold K of the dataset's stored split "
                                        "(make folds with `bench data split DIR --folds K`)."),
     protocol: str = typer.Option("cpu", help="Protocol name (paper, cpu, smoke) or a YAML file."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds; default: the protocol's."),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds; default: the protocol's."),
     results: Path = typer.Option(Path("results"), help="Results folder."),
     reports: Path = typer.Option(Path("reports"), help="Where the report goes (<reports>/<dataset>/<protocol>/)."),
-    lr: Optional[str] = typer.Option(None, help="Base learning rate for every model (default: the protocol's), "
+    lr: str | None = typer.Option(None, help="Base learning rate for every model (default: the protocol's), "
                                      "or 'tuned': each model's best trial from its `bench tune` study."),
-    storage: Optional[str] = typer.Option(None, help="With --lr tuned: the Optuna storage URL "
+    storage: str | None = typer.Option(None, help="With --lr tuned: the Optuna storage URL "
                                           "(default: sqlite under <results>/tune/)."),
-    study: Optional[str] = typer.Option(None, help="With --lr tuned: the study name, comma-separated one per "
+    study: str | None = typer.Option(None, help="With --lr tuned: the study name, comma-separated one per "
                                         "model (default: <dataset>-<model>-<protocol>-<hash>)."),
-    iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Override the checkpoint interval."),
+    iterations: int | None = typer.Option(None, help="Override the protocol's iteration budget."),
+    checkpoint_every: int | None = typer.Option(None, help="Override the checkpoint interval."),
     weights: list[str] = typer.Option([], help="MODEL=PATH: start MODEL from a local weights file."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
@@ -88,24 +87,24 @@ def run(
 
 @app.command()
 def tune(
-    model: Optional[str] = typer.Option(None, help="The model whose learning rate to search."),
-    models: Optional[str] = typer.Option(None, help="Comma-separated models: one study each, with the same "
+    model: str | None = typer.Option(None, help="The model whose learning rate to search."),
+    models: str | None = typer.Option(None, help="Comma-separated models: one study each, with the same "
                                          "protocol and number of trials (equal budgets)."),
     trials: int = typer.Option(10, help="Trials this process adds to each study (workers sharing a storage add up)."),
-    timeout: Optional[float] = typer.Option(None, help="Stop starting new trials of a study after S seconds."),
+    timeout: float | None = typer.Option(None, help="Stop starting new trials of a study after S seconds."),
     protocol: str = typer.Option("cpu", help="Protocol name (paper, cpu, smoke) or a YAML file."),
     dataset: str = typer.Option("synthetic", help="As for `bench run`; tuning reads its training cases only."),
-    data_root: Optional[Path] = typer.Option(None, help="With --dataset synapse: the official preprocessed data."),
-    fold: Optional[int] = typer.Option(None, help="Tune on fold K's training cases."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage: sqlite:///FILE, postgresql://USER:PASS@HOST/DB "
+    data_root: Path | None = typer.Option(None, help="With --dataset synapse: the official preprocessed data."),
+    fold: int | None = typer.Option(None, help="Tune on fold K's training cases."),
+    storage: str | None = typer.Option(None, help="Optuna storage: sqlite:///FILE, postgresql://USER:PASS@HOST/DB "
                                           "or journal:FILE (default: sqlite under <results>/tune/)."),
-    study: Optional[str] = typer.Option(None, help="Study name, comma-separated one per model "
+    study: str | None = typer.Option(None, help="Study name, comma-separated one per model "
                                         "(default: <dataset>-<model>-<protocol>-<hash>)."),
     results: Path = typer.Option(Path("results"), help="Results folder (trial folders go to <results>/tune/)."),
-    lr_min: Optional[float] = typer.Option(None, help="Lower end of the LR range (default: the protocol's tuning.lr_min)."),
-    lr_max: Optional[float] = typer.Option(None, help="Upper end of the LR range (default: the protocol's tuning.lr_max)."),
+    lr_min: float | None = typer.Option(None, help="Lower end of the LR range (default: tuning.lr_min)."),
+    lr_max: float | None = typer.Option(None, help="Upper end of the LR range (default: tuning.lr_max)."),
     search: str = typer.Option("lr", help="Parameters to search: lr, plus optionally weight_decay and batch_size."),
-    iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
+    iterations: int | None = typer.Option(None, help="Override the protocol's iteration budget."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Search each model's base learning rate with Optuna, scored on held-out training cases."""
@@ -166,8 +165,8 @@ def models_cmd(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder: <results>/<dataset>/<protocol>/<model>/seed<k>."),
-    convention: Optional[str] = typer.Option(None, help="synapse or strict (default: the run's)."),
-    nsd_tolerance: Optional[float] = typer.Option(None, help="NSD tolerance in mm (default: the run's)."),
+    convention: str | None = typer.Option(None, help="synapse or strict (default: the run's)."),
+    nsd_tolerance: float | None = typer.Option(None, help="NSD tolerance in mm (default: the run's)."),
 ) -> None:
     """Re-score a finished run from its saved predictions (no retraining)."""
     from bench.engine.rescore import rescore_run
@@ -182,14 +181,14 @@ def evaluate(
 @app.command()
 def report(
     results: Path = typer.Option(Path("results"), help="Results folder to read."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: reports/<dataset>/<protocol>/)."),
-    baseline: Optional[str] = typer.Option(None, help="Model the others are tested against (default: unet, "
+    out: Path | None = typer.Option(None, help="Output folder (default: reports/<dataset>/<protocol>/)."),
+    baseline: str | None = typer.Option(None, help="Model the others are tested against (default: unet, "
                                                       "else the first model)."),
     allow_mixed: bool = typer.Option(False, help="Report runs of different protocol hashes, conventions or "
                                                  "datasets side by side, marked, instead of stopping."),
-    dataset: Optional[str] = typer.Option(None, help="Only runs on this dataset."),
-    protocol: Optional[str] = typer.Option(None, help="Only runs of this protocol name."),
-    convention: Optional[str] = typer.Option(None, help="Metric rows of this convention (default: each run's)."),
+    dataset: str | None = typer.Option(None, help="Only runs on this dataset."),
+    protocol: str | None = typer.Option(None, help="Only runs of this protocol name."),
+    convention: str | None = typer.Option(None, help="Metric rows of this convention (default: each run's)."),
 ) -> None:
     """Write tables, statistics, plots and one HTML page from finished runs (never trains)."""
     from bench.report import build_report
@@ -203,12 +202,12 @@ def report(
 
 @data_app.command("synth")
 def data_synth(
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: the cache folder `bench run` uses)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: the cache folder `bench run` uses)."),
     seed: int = typer.Option(0, help="Generator seed."),
 ) -> None:
     """Generate the built-in synthetic abdomen in the Synapse layout."""
-    from bench.data.synthetic import generate as synth
     from bench.data.resolve import cache_dir
+    from bench.data.synthetic import generate as synth
 
     target = out or cache_dir() / f"synthetic-seed{seed}"
     if target.exists() and any(target.iterdir()):
@@ -265,8 +264,8 @@ def data_prepare_acdc(
 @data_app.command("split")
 def data_split(
     dataset: str = typer.Argument(..., help="A dataset folder (Synapse layout or images/ + masks/)."),
-    folds: Optional[int] = typer.Option(None, help="K-fold cross-validation over the training cases."),
-    val_fraction: Optional[float] = typer.Option(None, help="Carve this fraction of training cases for validation."),
+    folds: int | None = typer.Option(None, help="K-fold cross-validation over the training cases."),
+    val_fraction: float | None = typer.Option(None, help="Carve this fraction of training cases for validation."),
     seed: int = typer.Option(0, help="Seed of the draw."),
 ) -> None:
     """Store K folds and/or a validation subset in the dataset's splits.json (training cases only)."""
@@ -287,12 +286,12 @@ def _seeds(value: str | None) -> list[int] | None:
 @app.command()
 def ablate(
     spec: Path = typer.Argument(..., help="An ablation spec, e.g. ablations/swinunet-skips.yaml."),
-    protocol: Optional[str] = typer.Option(None, help="Protocol (default: the spec's, else cpu)."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: the spec's, else the protocol's)."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset (default: the spec's, else synthetic)."),
+    protocol: str | None = typer.Option(None, help="Protocol (default: the spec's, else cpu)."),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds (default: the spec's, else the protocol's)."),
+    dataset: str | None = typer.Option(None, help="Dataset (default: the spec's, else synthetic)."),
     results: Path = typer.Option(Path("results"), help="Results folder."),
-    out: Optional[Path] = typer.Option(None, help="Reports folder (default: reports)."),
-    iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
+    out: Path | None = typer.Option(None, help="Reports folder (default: reports)."),
+    iterations: int | None = typer.Option(None, help="Override the protocol's iteration budget."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
@@ -307,14 +306,14 @@ def ablate(
 @app.command()
 def paper(
     name: str = typer.Argument(..., help="swin-unet-synapse, swin-unet-skips or swin-unet-acdc."),
-    protocol: Optional[str] = typer.Option(None, help="Protocol (default: cpu)."),
+    protocol: str | None = typer.Option(None, help="Protocol (default: cpu)."),
     dataset: str = typer.Option("synthetic", help="Dataset for our rows."),
-    data_root: Optional[Path] = typer.Option(None, help="With --dataset synapse: the official preprocessed data."),
-    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default: the protocol's)."),
-    models: Optional[str] = typer.Option(None, help="Extra models to add as our rows."),
+    data_root: Path | None = typer.Option(None, help="With --dataset synapse: the official preprocessed data."),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds (default: the protocol's)."),
+    models: str | None = typer.Option(None, help="Extra models to add as our rows."),
     results: Path = typer.Option(Path("results"), help="Results folder."),
-    out: Optional[Path] = typer.Option(None, help="Reports folder (default: reports)."),
-    iterations: Optional[int] = typer.Option(None, help="Override the protocol's iteration budget."),
+    out: Path | None = typer.Option(None, help="Reports folder (default: reports)."),
+    iterations: int | None = typer.Option(None, help="Override the protocol's iteration budget."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,

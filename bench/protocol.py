@@ -57,7 +57,7 @@ class Validation(_Strict):
     interval: int | None = None  # iterations between validation scores; None: once, at the end
 
     @model_validator(mode="after")
-    def _check(self) -> "Validation":
+    def _check(self) -> Validation:
         if not 0 < self.fraction < 1:
             raise ValueError("validation.fraction must be between 0 and 1")
         if self.interval is not None and self.interval <= 0:
@@ -78,7 +78,7 @@ class Tuning(_Strict):
     sampler_seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "Tuning":
+    def _check(self) -> Tuning:
         for lo, hi in (("lr_min", "lr_max"), ("weight_decay_min", "weight_decay_max")):
             if not 0 < getattr(self, lo) < getattr(self, hi):
                 raise ValueError(f"need 0 < tuning.{lo} < tuning.{hi}")
@@ -110,7 +110,7 @@ class Protocol(_Strict):
     divergence_loss: float = 1e4  # a loss above this (or NaN) stops the run as diverged
 
     @model_validator(mode="after")
-    def _schedule(self) -> "Protocol":
+    def _schedule(self) -> Protocol:
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("set exactly one of 'epochs' and 'iterations'")
         for key in ("input_size", "batch_size", "checkpoint_every"):
@@ -144,7 +144,7 @@ class Protocol(_Strict):
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def override(self, **changes) -> "Protocol":
+    def override(self, **changes) -> Protocol:
         """A copy with command-line overrides applied (None values are ignored), re-validated."""
         data = self.model_dump()
         for key, value in changes.items():

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bench.env import cpu_name
 from bench.engine.inference import predict_volume
+from bench.env import cpu_name
 from models import create_model
 
 

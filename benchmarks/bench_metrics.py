@@ -38,7 +38,7 @@ TOLERANCE = 1e-6
 
 def upsample(volume: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Each label's mask linearly interpolated to ``shape`` and thresholded at 0.5."""
-    factors = [n_out / n_in for n_out, n_in in zip(shape, volume.shape)]
+    factors = [n_out / n_in for n_out, n_in in zip(shape, volume.shape, strict=False)]
     out = np.zeros(shape, dtype=np.uint8)
     for label in SYNAPSE_ORGANS:
         out[zoom((volume == label).astype(np.float32), factors, order=1) >= 0.5] = label
@@ -57,7 +57,7 @@ def synthetic_pair(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, n
         for volume, jitter in ((ref, 0.0), (pred, 0.04)):
             c = centre + rng.normal(0, jitter, 3) * radii
             r = radii * (1 + rng.normal(0, jitter, 3))
-            inside = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, r)) <= 1
+            inside = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, r, strict=False)) <= 1
             volume[inside] = label
     return ref, pred
 

@@ -1,6 +1,7 @@
 """Time one Swin-Unet training step (forward + backward + SGD step) on the CPU: ours vs the official network.
 
-    python benchmarks/bench_swinunet_step.py --official /path/to/networks/swin_transformer_unet_skip_expand_decoder_sys.py
+    python benchmarks/bench_swinunet_step.py \
+        --official /path/to/networks/swin_transformer_unet_skip_expand_decoder_sys.py
 
 The official file (HuCaoFighting/Swin-Unet @ 7d80541) may also come from SEGBENCH_OFFICIAL_SWINUNET; it needs
 einops. Without it only our network is timed. Both networks get the same weights and inputs; the repeats
@@ -106,7 +107,8 @@ def main() -> None:
             times[name].append(step())
 
     for name, ts in times.items():
-        print(f"{name:9s} median {statistics.median(ts):.3f} s/step  (min {min(ts):.3f}, max {max(ts):.3f}, n={len(ts)})")
+        print(f"{name:9s} median {statistics.median(ts):.3f} s/step  "
+              f"(min {min(ts):.3f}, max {max(ts):.3f}, n={len(ts)})")
     if "official" in times:
         ratio = statistics.median(times["ours"]) / statistics.median(times["official"])
         print(f"ratio ours / official: {ratio:.3f}")

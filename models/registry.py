@@ -8,7 +8,7 @@ segmentation_models.pytorch architecture x encoder) registers a *name resolver* 
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 

@@ -15,7 +15,7 @@ Variants (names plus arguments over the one class) are registered at the bottom 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

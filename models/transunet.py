@@ -21,8 +21,8 @@ ImageNet-21k ``R50+ViT-B_16.npz`` loads through :func:`models.weights.load_weigh
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -69,7 +69,8 @@ class DecoderCup(nn.Module):
         self.conv_more = conv_bn_relu(hidden_size, HEAD_CHANNELS)
         ins = [HEAD_CHANNELS, *decoder_channels[:-1]]
         skips = [c if i < skip_connections else 0 for i, c in enumerate((*SKIP_CHANNELS, 0))]
-        self.blocks = nn.ModuleList(DecoderBlock(i, o, s) for i, o, s in zip(ins, decoder_channels, skips))
+        self.blocks = nn.ModuleList(DecoderBlock(i, o, s)
+                                    for i, o, s in zip(ins, decoder_channels, skips, strict=False))
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.conv_more(x)

@@ -64,7 +64,7 @@ class VGGUNet(nn.Module):
             if isinstance(layer, nn.MaxPool2d):
                 skips.append(x)
             x = layer(x)
-        for block, skip in zip(self.decoder, reversed(skips)):
+        for block, skip in zip(self.decoder, reversed(skips), strict=False):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -107,9 +108,7 @@ def _mirror_encoder(state: dict[str, torch.Tensor], num_stages: int) -> dict[str
 
 # --- Google ViT .npz (R50+ViT-B_16) -> TransUNet ------------------------------------------------
 
-def read_npz(path: Path) -> dict[str, "np.ndarray"]:
-    import numpy as np
-
+def read_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
@@ -146,7 +145,7 @@ def _resize_pos_embed(posemb: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
     return torch.from_numpy(zoomed).reshape(1, grid[0] * grid[1], -1)
 
 
-def google_vit_state(npz: Mapping[str, "np.ndarray"], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+def google_vit_state(npz: Mapping[str, np.ndarray], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Our TransUNet keys -> tensors from a Google hybrid-ViT npz, and the npz keys left unused."""
     prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in npz), None)
     if prefix is None:

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import layout
-from bench.errors import BenchError
 from bench.data.ct_import import check_image, load_pair
 from bench.data.labelmaps import LabelMap
 from bench.data.splits import write_splits
+from bench.errors import BenchError
 
 ACDC = LabelMap("acdc", {1: 1, 2: 2, 3: 3}, frozenset(range(4)), {1: "RV", 2: "Myo", 3: "LV"})
 TEST_PATIENTS = (1, 7, 8, 11, 13, 22, 24, 33, 52, 59, 64, 65, 66, 68, 75, 80, 81, 83, 84, 93)

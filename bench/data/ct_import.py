@@ -18,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from bench.data import layout
-from bench.errors import BenchError
 from bench.data.labelmaps import BTCV, LabelMap
+from bench.errors import BenchError
 
 CT_WINDOW = (-125.0, 275.0)
 CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(_[A-Za-z0-9.-]+)*$")

@@ -20,7 +20,6 @@ files' content), so the engine and every model see it like any other dataset:
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -28,10 +27,10 @@ import numpy as np
 from PIL import Image
 
 from bench.data import layout
-from bench.data.synapse import Dataset, open_synapse
-from bench.errors import BenchError
 from bench.data.labelmaps import label_values
 from bench.data.splits import SPLITS, random_split, read_splits, splits_path, write_splits
+from bench.data.synapse import Dataset, open_synapse
+from bench.errors import BenchError
 
 VERSION = 1
 EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bench.errors import BenchError
 from bench.data.organs import SYNAPSE_ORGANS
+from bench.errors import BenchError
 
 
 @dataclass(frozen=True)

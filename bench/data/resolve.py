@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench.data.organs import SYNAPSE_ORGANS
 from bench.data.synapse import LIST_DIR, Dataset, open_synapse
 from bench.errors import BenchError
-from bench.data.organs import SYNAPSE_ORGANS
 
 
 def cache_dir() -> Path:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data.layout import atomic_text, read_meta
 from bench.data.synapse import Dataset, case_of, validation_split
 from bench.errors import BenchError
-from bench.data.layout import atomic_text, read_meta
 
 SPLITS = "splits.json"
 

@@ -99,7 +99,7 @@ def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
     It exceeds the distance between any two voxel centres of the volume, so a missed organ
     or a false positive always scores worse than any prediction that can be measured.
     """
-    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=False))))
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -144,7 +144,7 @@ def directed_distances(
 
 
 def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=False))
 
 
 def _count_label(

@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.synapse import open_synapse
-from bench.errors import BenchError
 from bench.engine.evaluation import rescore
-from bench.protocol import Evaluation
 from bench.engine.results import METRICS, read_manifest, write_metrics
+from bench.errors import BenchError
+from bench.protocol import Evaluation
 
 
 def rescore_run(run_dir: Path, convention: str | None = None, nsd_tolerance_mm: float | None = None) -> pd.DataFrame:

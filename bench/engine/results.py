@@ -11,10 +11,11 @@ import json
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -110,7 +111,8 @@ class RunLocked(Exception):
 def run_lock(run_dir: Path, wait: bool = False):
     """Exclusive lock on one run folder, naming its holder (host and pid).
 
-    With ``wait`` it blocks until the holder is done. An OS lock (flock) on ``.lock``: the kernel releases it when the holder dies, however it
+    With ``wait`` it blocks until the holder is done. An OS lock (flock) on ``.lock``: the kernel
+    releases it when the holder dies, however it
     dies, so a stale lock can never block a run; the host and pid written into the file are
     there to name the live holder in the error message.
     """

@@ -19,12 +19,22 @@ from rich.progress import Progress
 from bench import env
 from bench.data.synapse import Dataset
 from bench.engine.evaluation import PRED_DIR, evaluate_model
-from bench.protocol import Protocol
 from bench.engine.results import (
-    CHECKPOINT, FINAL_WEIGHTS, MANIFEST, METRICS, TRAIN_LOG, RunId, RunLocked, read_manifest, run_lock, run_path,
-    write_json, write_metrics,
+    CHECKPOINT,
+    FINAL_WEIGHTS,
+    MANIFEST,
+    METRICS,
+    TRAIN_LOG,
+    RunId,
+    RunLocked,
+    read_manifest,
+    run_lock,
+    run_path,
+    write_json,
+    write_metrics,
 )
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
+from bench.protocol import Protocol
 from models import create_model
 from models.compute import gflops
 

@@ -13,9 +13,9 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,8 +23,8 @@ from rich.progress import Progress
 
 from bench.data.synapse import Dataset, IterationBatches, TrainSlices
 from bench.engine.losses import combined_loss
-from bench.protocol import Protocol
 from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, TRAIN_LOG, atomic_write
+from bench.protocol import Protocol
 
 LOG_FIELDS = ["iteration", "loss", "ce", "dice", "lr", "seconds"]
 
@@ -132,7 +132,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.signal: int | None = None
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         self._old = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -214,7 +214,9 @@ def train(
         })
         _write_log(run_dir, log)
 
-    task = progress.add_task(label, total=max_iter, completed=start, loss=float("nan"), lr=base_lr) if progress else None
+    task = None
+    if progress is not None:
+        task = progress.add_task(label, total=max_iter, completed=start, loss=float("nan"), lr=base_lr)
     # Without a terminal (CI logs, nohup) the bar is invisible: print a line every tenth instead.
     interactive = progress is not None and progress.console.is_terminal
     report_every = max(1, max_iter // 10)

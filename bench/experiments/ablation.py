@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from bench.engine.runner import RunSpec
 from bench.errors import BenchError
 from bench.protocol import Protocol, load_protocol, load_yaml_model
-from bench.engine.runner import RunSpec
 from models import is_model, list_models
 
-Value = Union[int, float, str]
+Value = int | float | str
 
 
 class AblationSpec(BaseModel):
@@ -34,7 +33,7 @@ class AblationSpec(BaseModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _one_axis(self) -> "AblationSpec":
+    def _one_axis(self) -> AblationSpec:
         if bool(self.knob and self.values) == bool(self.variants):
             raise ValueError("give either 'knob' with 'values', or 'variants'")
         return self

@@ -8,15 +8,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench.experiments import references as paper
-from bench.experiments.ablation import AblationSpec, Row, expand, jobs, load_spec
 from bench.data.resolve import resolve_dataset
-from bench.env import pick_device
-from bench.errors import BenchError
-from bench.protocol import load_protocol
 from bench.engine.results import atomic_write, read_metrics
 from bench.engine.runner import run_jobs
+from bench.env import pick_device
+from bench.errors import BenchError
+from bench.experiments import references as paper
+from bench.experiments.ablation import AblationSpec, Row, expand, jobs, load_spec
 from bench.experiments.sweep import _check_writable
+from bench.protocol import load_protocol
 
 # Paper tables: which published table, and how our rows are made.
 PAPERS = {

@@ -111,7 +111,8 @@ def build_table(reference: dict, ours: dict[str, dict[str, tuple[float, float]]]
                 out.append({"row": str(r["method"]), "source": "published", "status": _status(r),
                             **_published_cells(r, columns, reference)})
     for name, values in ours.items():
-        out.append({"row": name, "source": "ours", "status": "", **{c: _ours(values[c]) for c in columns if c in values}})
+        cells = {c: _ours(values[c]) for c in columns if c in values}
+        out.append({"row": name, "source": "ours", "status": "", **cells})
         pub = published_row(reference, match.get(name)) if match.get(name) else None
         if pub is None:
             continue

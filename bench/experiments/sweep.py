@@ -11,15 +11,14 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bench.data.resolve import resolve_dataset
-from bench.errors import BenchError
-from bench.env import pick_device
-from bench.protocol import load_protocol
 from bench.engine.results import RunId, read_metrics, run_path
 from bench.engine.runner import RunSpec, check_conflict, config_key, run_config, run_jobs
 from bench.engine.train import Interrupted
+from bench.env import pick_device
+from bench.errors import BenchError
+from bench.protocol import load_protocol
 from bench.report.console import render_rich, summary_table, write_summary
 from models import is_model, list_models
-
 
 MIN_FREE_BYTES = 1 << 30
 
@@ -60,7 +59,7 @@ def _tuned_lrs(models: list[str], ds, proto, results: Path, storage: str | None,
         raise BenchError(f"--study names one study per model: {len(studies)} names for {len(models)} models")
     names = studies or [study_name(ds.name, m, proto) for m in models]
     url = storage or default_storage_url(results)
-    return {m: tuned_lr(url, name, m, proto, say) for m, name in zip(models, names)}
+    return {m: tuned_lr(url, name, m, proto, say) for m, name in zip(models, names, strict=False)}
 
 
 def _describe_lrs(lrs: dict[str, tuple[float, str]]) -> str:

@@ -10,15 +10,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.engine.results import atomic_write
 from bench.errors import BenchError
 from bench.report import plots as P
-from bench.report import stats, tables as T
+from bench.report import stats
+from bench.report import tables as T
+from bench.report.console import organ_means
 from bench.report.html import Page, render_page
 from bench.report.load import Loaded, load_runs, mismatch_message, train_logs
 from bench.report.qualitative import qualitative
 from bench.report.render import csv_text, latex, markdown
-from bench.engine.results import atomic_write
-from bench.report.console import organ_means
 
 DEFAULT_BASELINE = "unet"
 PLOTS, CSV = "plots", "csv"

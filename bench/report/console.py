@@ -13,8 +13,8 @@ import pandas as pd
 from rich.console import Group
 from rich.table import Table
 
-from bench.errors import BenchError
 from bench.engine.results import atomic_write
+from bench.errors import BenchError
 
 
 def seed_organ_means(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -93,7 +93,7 @@ def render_rich(table: pd.DataFrame, title: str, width: int = 80) -> Group:
         t.add_column("")
         for model in models:
             t.add_column(str(model), justify="right")
-        for name, col in zip(names, table.columns):
+        for name, col in zip(names, table.columns, strict=False):
             t.add_row(name, *[_fmt(table[col][m]) for m in models], end_section=col in ("HD95", "stomach"))
         tables.append(t)
     return Group(*tables)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import BenchError
 from bench.engine.metrics import CONVENTIONS
 from bench.engine.results import METRICS, TRAIN_LOG, find_runs, parse_run_path, read_manifest
+from bench.errors import BenchError
 
 # What must agree for two runs to be compared; the display name of each field.
 COHORT_FIELDS = {"dataset": "dataset", "fingerprint": "split", "protocol": "protocol",
@@ -92,7 +92,7 @@ def describe_cohorts(runs: pd.DataFrame) -> list[dict]:
         return out
     for key, group in runs.groupby(runs.apply(_cohort_key, axis=1), sort=True):
         members = {m: sorted(g["seed"].tolist()) for m, g in group.groupby("model")}
-        out.append(dict(zip(COHORT_FIELDS, key)) | {"runs": members})
+        out.append(dict(zip(COHORT_FIELDS, key, strict=False)) | {"runs": members})
     return out
 
 

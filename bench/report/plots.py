@@ -33,7 +33,7 @@ class Plot:
 
 def palette(arms: list[str]) -> dict[str, tuple]:
     """One fixed colour per model, shared by every plot of the report."""
-    return dict(zip(arms, sns.color_palette("tab10", max(len(arms), 1))))
+    return dict(zip(arms, sns.color_palette("tab10", max(len(arms), 1)), strict=False))
 
 
 def save(fig: Figure, out: Path, key: str) -> Path:

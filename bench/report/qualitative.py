@@ -17,8 +17,8 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from bench.data.synapse import Dataset, load_volume
-from bench.errors import BenchError
 from bench.engine.evaluation import load_prediction
+from bench.errors import BenchError
 from bench.report.load import Loaded
 from bench.report.plots import Plot, _figure, save
 
@@ -74,7 +74,7 @@ def qualitative(loaded: Loaded, cases_dice: pd.DataFrame, results: Path, out: Pa
     if root is None:
         return None, f"dataset folder {manifest['dataset']['root']} (from the manifests) not found"
     colors = dict(zip(loaded.organs, sns.color_palette("tab10" if len(loaded.organs) <= 10 else "hls",
-                                                       len(loaded.organs))))
+                                                       len(loaded.organs)), strict=False))
     per_seed = loaded.metrics[loaded.metrics["metric"] == "dice"].groupby(["model", "seed", "case"])["value"].mean()
     arms = list(ok.index)
     fig = _figure(2.5 * (1 + len(arms)), 2.7 * len(picks) + 0.5)

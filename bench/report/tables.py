@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.report.load import Loaded
 from bench.report.console import OVERALL, organ_mean_sd
+from bench.report.load import Loaded
 
 METRIC_NAMES = {"dice": "DSC (%)", "hd95": "HD95"}
 HD_UNITS = {
@@ -22,11 +22,11 @@ HD_UNITS = {
 }
 
 
-def _conventions(loaded: "Loaded") -> list[str]:
+def _conventions(loaded: Loaded) -> list[str]:
     return sorted({str(c["convention"]) for c in loaded.cohorts})
 
 
-def hd_unit(loaded: "Loaded") -> str:
+def hd_unit(loaded: Loaded) -> str:
     """The distance unit of the cohorts' conventions, said plainly."""
     return "; ".join(HD_UNITS.get(c, f"HD95 in the units of convention {c}") for c in _conventions(loaded))
 
@@ -159,7 +159,8 @@ def compute_table(loaded: Loaded) -> Table:
     for arm, g in loaded.runs.groupby("arm", sort=True):
         ok = g[g["status"] == "complete"]
         src = ok if len(ok) else g
-        lrs = sorted({f"{v:g} ({s})" for v, s in zip(g["lr"], g["lr_source"]) if v is not None and v == v})
+        lrs = sorted({f"{v:g} ({s})" for v, s in zip(g["lr"], g["lr_source"], strict=True)
+                      if v is not None and v == v})
         r = {"model": arm, "pretrained": pre[arm], "parameters": _mean_of(src, "parameters"),
              "gflops": _mean_of(src, "gflops"), "train_images_per_second": _mean_of(ok, "train_images_per_second"),
              "train_seconds": _mean_of(ok, "train_seconds"), "wall_seconds": _mean_of(ok, "wall_seconds"),

@@ -8,12 +8,12 @@ import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import SHARED, bench_cli
 
 from bench.data import layout
-from bench.errors import BenchError
 from bench.data.ct_import import BTCV_TEST, BTCV_TRAIN, import_case, prepare_btcv
 from bench.data.labelmaps import BTCV, TOTALSEGMENTATOR, load_label_map
-from helpers import SHARED, bench_cli
+from bench.errors import BenchError
 
 EXAMPLE = SHARED / "data" / "totalseg-example"
 needs_example = pytest.mark.skipif(not (EXAMPLE / "ct.nii.gz").exists(),

@@ -10,16 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+from helpers import bench_cli
 from PIL import Image
 
 from bench.data import acdc
-from bench.data import folders2d as images2d
-from bench.data.synapse import case_of, load_volume
-from bench.data.resolve import resolve_dataset
-from bench.errors import BenchError
 from bench.data.organs import SYNAPSE_ORGANS
-from bench.data.splits import fold_view, read_splits, split_dataset, validation_view
-from helpers import bench_cli
+from bench.data.resolve import resolve_dataset
+from bench.data.splits import read_splits, split_dataset, validation_view
+from bench.data.synapse import case_of, load_volume
+from bench.errors import BenchError
 
 quiet = dict(say=lambda *_: None)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from helpers import bench_cli, subprocess_env
 
 pytestmark = pytest.mark.faults

@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from helpers import bench_cli
 
 MODELS = ("swinunet", "unet")

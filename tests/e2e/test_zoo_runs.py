@@ -12,9 +12,9 @@ import json
 
 import pandas as pd
 import yaml
+from helpers import bench_cli
 
 from bench.protocol import load_protocol
-from helpers import bench_cli
 from models import list_models
 
 

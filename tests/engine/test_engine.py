@@ -1,6 +1,5 @@
 """Engine pieces: batch order, loss, inference modes, run paths, atomic files, locks, console table."""
 import io
-import json
 import multiprocessing as mp
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import torch
 from bench.data.synapse import augment, batch_keys
 from bench.engine.inference import predict_volume
 from bench.engine.losses import combined_loss, dice_loss
-from bench.protocol import Augmentation
 from bench.engine.results import RunId, RunLocked, atomic_write, parse_run_path, run_lock, run_path
 from bench.engine.train import poly_lr
+from bench.protocol import Augmentation
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_iteration():
@@ -117,8 +116,8 @@ def test_run_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_path: P
 
 
 def test_validation_split_holds_out_whole_training_cases(tiny_dataset):
-    from bench.data.synapse import case_of, load_volume, open_synapse, validation_split
     from bench.data.organs import SYNAPSE_ORGANS
+    from bench.data.synapse import case_of, load_volume, open_synapse, validation_split
 
     ds = open_synapse(tiny_dataset, "tiny", SYNAPSE_ORGANS)
     val = validation_split(ds, fraction=0.5, seed=0)

@@ -7,20 +7,25 @@ built on medpy's own surface distances, since medpy has no NSD.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SHARED
 from scipy.ndimage import binary_erosion, generate_binary_structure
 
 from bench.data.organs import SYNAPSE_ORGANS
 from bench.engine.metrics import (
-    BOTH_EMPTY, BOTH_PRESENT, METRICS, PRED_ONLY, REF_ONLY, evaluate_case, surface,
+    BOTH_EMPTY,
+    BOTH_PRESENT,
+    METRICS,
+    PRED_ONLY,
+    REF_ONLY,
+    evaluate_case,
+    surface,
     volume_diagonal,
 )
 from bench.engine.metrics_medpy import calculate_metric_percase, evaluate_case_medpy, load_totalseg_pair
-from helpers import SHARED
 
 TOL = 1e-6
 TOTALSEG = SHARED / "data" / "totalseg-example"
@@ -92,7 +97,7 @@ def test_real_masks_edited(real_pair, convention):
     pred[np.roll(kidney, (2, -3, 5), axis=(0, 1, 2))] = 3  # left kidney shifted
     pred[0, 0, 0] = 1  # a stray aorta voxel in the volume corner
     ours = assert_matches_medpy(pred, ref, LABELS, spacing, convention)
-    status = dict(zip(ours["label"], ours["status"]))
+    status = dict(zip(ours["label"], ours["status"], strict=False))
     assert status[2] == REF_ONLY and status[6] == PRED_ONLY
 
 

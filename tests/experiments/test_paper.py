@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from bench.experiments.ablation import expand, load_spec
-from bench.errors import BenchError
-from bench.experiments.references import load_reference
 from helpers import ROOT, bench_cli
+
+from bench.errors import BenchError
+from bench.experiments.ablation import expand, load_spec
+from bench.experiments.references import load_reference
 
 SPECS = sorted((ROOT / "ablations").glob("*.yaml"))
 

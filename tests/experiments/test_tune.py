@@ -17,19 +17,19 @@ import h5py
 import optuna
 import pandas as pd
 import pytest
+from helpers import bench_cli, subprocess_env
 from rich.console import Console
 from rich.progress import Progress
 
 import bench.data.synapse
 import bench.engine.evaluation
-from bench.experiments.tune import search as tune_mod
 from bench.data.synapse import case_of
-from bench.errors import BenchError
-from bench.protocol import load_protocol
-from bench.experiments.tune.studies import display_url, load_or_create_study, open_storage, study_name, tuned_lr
 from bench.engine.train import Diverged
+from bench.errors import BenchError
+from bench.experiments.tune import search as tune_mod
 from bench.experiments.tune.search import TrialSeededTPE, tune
-from helpers import bench_cli, subprocess_env
+from bench.experiments.tune.studies import display_url, load_or_create_study, open_storage, study_name, tuned_lr
+from bench.protocol import load_protocol
 
 MODEL = "swinunet-nano"
 
@@ -155,7 +155,8 @@ def test_tuning_never_reads_a_test_case(tiny_dataset, tmp_path, monkeypatch, one
     opened, volumes, slices = [], [], []
     real_file, real_volume, real_slice = h5py.File, bench.engine.evaluation.load_volume, bench.data.synapse.load_slice
     monkeypatch.setattr(h5py, "File", lambda path, *a, **k: opened.append(Path(path)) or real_file(path, *a, **k))
-    monkeypatch.setattr(bench.engine.evaluation, "load_volume", lambda d, c: volumes.append((d.eval_split, c)) or real_volume(d, c))
+    monkeypatch.setattr(bench.engine.evaluation, "load_volume",
+                        lambda d, c: volumes.append((d.eval_split, c)) or real_volume(d, c))
     monkeypatch.setattr(bench.data.synapse, "load_slice", lambda d, n: slices.append(n) or real_slice(d, n))
     assert _tune(tiny_dataset, tmp_path / "results") == 0
     assert volumes and slices  # the spies saw the validation and the training reads
@@ -264,8 +265,10 @@ def test_storages_and_their_errors(tmp_path):
 
 
 def test_bad_tune_input_is_refused(tiny_dataset, tmp_path):
-    for kwargs, message in (({"models": ["nonesuch"]}, "unknown model 'nonesuch'"),({"n_trials": 0}, "--trials"), ({"search_space": "lr,momentum"}, "--search"),
-                            ({"lr_min": 0.5, "lr_max": 0.1}, "lr_min"), ({"studies": ["a", "b"]}, "one study per model")):
+    cases = (({"models": ["nonesuch"]}, "unknown model 'nonesuch'"), ({"n_trials": 0}, "--trials"),
+             ({"search_space": "lr,momentum"}, "--search"), ({"lr_min": 0.5, "lr_max": 0.1}, "lr_min"),
+             ({"studies": ["a", "b"]}, "one study per model"))
+    for kwargs, message in cases:
         console, progress = _quiet()
         args = dict(models=[MODEL], dataset=str(tiny_dataset), protocol="smoke", results=tmp_path, storage=None,
                     studies=[], n_trials=1, timeout=None, search_space="lr", lr_min=None, lr_max=None,

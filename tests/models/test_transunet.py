@@ -40,7 +40,7 @@ def _small(seed: int, name: str = "transunet", **knobs) -> nn.Module:
 @pytest.mark.parametrize("n", [0, 1, 2, 3])
 def test_skip_connections_deepest_first(n: int) -> None:
     m = _small(0, f"transunet-skip{n}")
-    fused = [b.conv1[0].in_channels - c for b, c in zip(m.decoder.blocks, (512, 256, 128, 64))]
+    fused = [b.conv1[0].in_channels - c for b, c in zip(m.decoder.blocks, (512, 256, 128, 64), strict=False)]
     assert fused == [512, 256, 64, 0][:n] + [0] * (4 - n)  # 1/8, 1/4, 1/2; the last block never fuses
     x = torch.randn(1, 1, SIZE, SIZE)
     with torch.no_grad():
@@ -173,7 +173,7 @@ def to_official_state(model: nn.Module) -> dict[str, torch.Tensor]:
         elif k.startswith("norm."):
             out[enc + "encoder_norm." + parts[1]] = v
         elif k.startswith("blocks.") and parts[2] == "attn" and parts[3] == "qkv":
-            for name, t in zip(("query", "key", "value"), v.chunk(3)):
+            for name, t in zip(("query", "key", "value"), v.chunk(3), strict=False):
                 out[f"{enc}layer.{parts[1]}.attn.{name}.{parts[4]}"] = t
         elif k.startswith("blocks."):
             rest = {"norm1": "attention_norm", "norm2": "ffn_norm", "mlp": "ffn", "attn": "attn"}[parts[2]]

@@ -82,13 +82,15 @@ def test_missing_file_names_it(tmp_path: Path) -> None:
 
 def test_mismatched_keys_are_listed(tmp_path: Path) -> None:
     torch.save(_nano(0).state_dict(), tmp_path / "w.pth")
-    with pytest.raises(ValueError, match=r"0 model keys not in the file.*6 file keys not in the model \[concat_back_dim"):
+    expected = r"0 model keys not in the file.*6 file keys not in the model \[concat_back_dim"
+    with pytest.raises(ValueError, match=expected):
         load_weights(_nano(1, "swinunet-skip0", embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)),
                      tmp_path / "w.pth")
     with pytest.raises(ValueError, match=r"\.\.\. and \d+ more"):
         load_weights(_nano(1, "unet"), tmp_path / "w.pth")
     other = _nano(1, embed_dim=32)  # same keys, other shapes
-    with pytest.raises(ValueError, match=r"shape mismatches .*layers\.0\.blocks\.0\.attn\.proj\.bias \(24,\) vs model \(32,\)"):
+    expected = r"shape mismatches .*layers\.0\.blocks\.0\.attn\.proj\.bias \(24,\) vs model \(32,\)"
+    with pytest.raises(ValueError, match=expected):
         load_weights(other, tmp_path / "w.pth")
     assert other.pretrained_from is None
 
@@ -126,7 +128,8 @@ def test_imagenet_encoder_is_mirrored_into_decoder(tmp_path: Path, timm_layout: 
     assert torch.equal(got["layers.0.downsample.reduction.weight"], want["layers.0.downsample.reduction.weight"])
     assert torch.equal(got["norm.weight"], want["norm.weight"])
     for i in range(3):  # layers.{i} -> layers_up.{3-i}
-        assert torch.equal(got[f"layers_up.{3 - i}.blocks.0.mlp.fc1.weight"], want[f"layers.{i}.blocks.0.mlp.fc1.weight"])
+        mirrored = got[f"layers_up.{3 - i}.blocks.0.mlp.fc1.weight"]
+        assert torch.equal(mirrored, want[f"layers.{i}.blocks.0.mlp.fc1.weight"])
     for k in ("layers.1.blocks.0.attn.relative_position_bias_table",  # shape mismatch: dropped
               "layers_up.2.blocks.0.attn.relative_position_bias_table",  # its mirror too
               "concat_back_dim.1.weight", "up.expand.weight", "output.weight"):  # decoder only

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import bench_cli
 from scipy import stats
 
 from bench.data.synthetic import generate as synth
 from bench.report import build_report
 from bench.report.stats import holm, ranking, wilcoxon_vs_baseline
-from helpers import bench_cli
 
 MODELS = ("swinunet", "unet")
 SEEDS = (0, 1)
@@ -170,7 +170,7 @@ def test_wilcoxon_equals_scipy(sweep, metric):
     ps = np.array(list(p.values()))
     order = np.argsort(ps)
     holm_expected = np.maximum.accumulate(np.minimum(1, (len(ps) - np.arange(len(ps))) * ps[order]))
-    for organ, h in zip(np.array(list(p))[order], holm_expected):
+    for organ, h in zip(np.array(list(p))[order], holm_expected, strict=False):
         assert got.loc[organ, "p_holm"] == pytest.approx(h, abs=1e-12)
 
 

@@ -80,7 +80,7 @@ class _Space:
     def texture(self, sigma_mm: float, box=(slice(None),) * 3) -> np.ndarray:
         """Fine random texture of unit variance: white noise blurred in-plane by sigma_mm, over
         the whole grid or only a box of it."""
-        shape = tuple(len(range(*b.indices(n))) for b, n in zip(box, self.shape))
+        shape = tuple(len(range(*b.indices(n))) for b, n in zip(box, self.shape, strict=False))
         white = self.rng.standard_normal(shape, dtype=np.float32)
         sig = sigma_mm / self.spacing[1]
         t = ndimage.gaussian_filter(white, (0.0, sig, sig)) if sig > 0.3 else white

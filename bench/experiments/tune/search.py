@@ -26,18 +26,23 @@ import pandas as pd
 import torch
 from optuna.samplers import BaseSampler, TPESampler
 
-from bench.data.synapse import Dataset, case_of
 from bench.data.resolve import resolve_dataset
+from bench.data.splits import validation_view
+from bench.data.synapse import Dataset, case_of
+from bench.engine.evaluation import evaluate_model
+from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, write_json
+from bench.engine.train import Diverged, Interrupted, seed_everything, train
 from bench.env import pick_device
 from bench.errors import BenchError
-from bench.engine.evaluation import evaluate_model
-from bench.protocol import Protocol, load_protocol
-from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, write_json
-from bench.data.splits import validation_view
 from bench.experiments.tune.studies import (
-    default_storage_url, display_url, load_or_create_study, open_storage, study_dir, study_name,
+    default_storage_url,
+    display_url,
+    load_or_create_study,
+    open_storage,
+    study_dir,
+    study_name,
 )
-from bench.engine.train import Diverged, Interrupted, seed_everything, train
+from bench.protocol import Protocol, load_protocol
 from models import create_model, is_model, list_models
 
 SEARCHABLE = ("lr", "weight_decay", "batch_size")
