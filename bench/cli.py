@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.errors import BenchError
+from bench.experiments.options import RunOptions
+from bench.paths import cache_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and ablation harness for medical image segmentation models.")
@@ -29,12 +30,12 @@ def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-    )
+def _seeds(value: str | None) -> list[int]:
+    """``--seeds 0,1`` as integers; empty means the protocol's (or a spec's) seeds."""
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise BenchError(f"--seeds expects comma-separated integers, got '{value}'") from None
 
 
 def _parse_weights(items: list[str]) -> dict[str, str]:
@@ -76,13 +77,11 @@ def run(
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.experiments.sweep import sweep
 
-    code = sweep(
-        models=_csv(models), dataset=dataset, protocol=protocol, seeds=_csv(seeds), results=results,
-        reports=reports, lr=lr, iterations=iterations, checkpoint_every=checkpoint_every,
-        weights=_parse_weights(weights), device=device, force=force, console=console, progress=_progress(),
-        data_root=data_root, fold=fold, storage=storage, studies=_csv(study), keep_weights=keep_weights,
-    )
-    raise typer.Exit(code)
+    opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, fold=fold, seeds=_seeds(seeds),
+                      results=results, reports=reports, iterations=iterations, checkpoint_every=checkpoint_every,
+                      device=device, force=force, keep_weights=keep_weights, console=console)
+    raise typer.Exit(sweep(_csv(models), opts, lr=lr, weights=_parse_weights(weights), storage=storage,
+                           studies=_csv(study)))
 
 
 @app.command()
@@ -112,12 +111,10 @@ def tune(
 
     if model and models:
         raise BenchError("give either --model or --models, not both")
-    code = run_tune(
-        models=_csv(model or models), dataset=dataset, protocol=protocol, results=results, storage=storage,
-        studies=_csv(study), n_trials=trials, timeout=timeout, search_space=search, lr_min=lr_min, lr_max=lr_max,
-        iterations=iterations, device=device, console=console, progress=_progress(), data_root=data_root, fold=fold,
-    )
-    raise typer.Exit(code)
+    opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, fold=fold, results=results,
+                      iterations=iterations, device=device, console=console)
+    raise typer.Exit(run_tune(_csv(model or models), opts, n_trials=trials, timeout=timeout, search_space=search,
+                              lr_min=lr_min, lr_max=lr_max, storage=storage, studies=_csv(study)))
 
 
 @app.command("models")
@@ -206,7 +203,6 @@ def data_synth(
     seed: int = typer.Option(0, help="Generator seed."),
 ) -> None:
     """Generate the built-in synthetic abdomen in the Synapse layout."""
-    from bench.data.resolve import cache_dir
     from bench.data.synthetic import generate as synth
 
     target = out or cache_dir() / f"synthetic-seed{seed}"
@@ -276,13 +272,6 @@ def data_split(
     console.print(f"wrote {path}" + (f"; run a fold with: bench run --dataset {dataset} --fold 0" if folds else ""))
 
 
-def _seeds(value: str | None) -> list[int] | None:
-    try:
-        return [int(v) for v in _csv(value)] or None
-    except ValueError:
-        raise BenchError(f"--seeds expects comma-separated integers, got '{value}'") from None
-
-
 @app.command()
 def ablate(
     spec: Path = typer.Argument(..., help="An ablation spec, e.g. ablations/swinunet-skips.yaml."),
@@ -297,10 +286,12 @@ def ablate(
     keep_weights: bool = KEEP_WEIGHTS,
 ) -> None:
     """Run every value of one knob through `bench run` machinery; table with the published rows."""
-    from bench.experiments.paper import ablate as run_ablate
+    from bench.experiments.ablation import ablate as run_ablate
 
-    raise typer.Exit(run_ablate(spec, protocol, _seeds(seeds), dataset, results, out, device, force,
-                                iterations, _progress(), console, keep_weights))
+    opts = RunOptions(protocol=protocol, dataset=dataset, seeds=_seeds(seeds), results=results,
+                      reports=out or Path("reports"), iterations=iterations, device=device, force=force,
+                      keep_weights=keep_weights, console=console)
+    raise typer.Exit(run_ablate(spec, opts))
 
 
 @app.command()
@@ -321,29 +312,19 @@ def paper(
     """Regenerate a published table with our rows (from runs, trained if missing) beside it."""
     from bench.experiments.paper import paper_table
 
-    raise typer.Exit(paper_table(name, protocol, _seeds(seeds), dataset, _csv(models), results, out, device,
-                                 force, iterations, _progress(), console, data_root, keep_weights))
+    opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, seeds=_seeds(seeds), results=results,
+                      reports=out or Path("reports"), iterations=iterations, device=device, force=force,
+                      keep_weights=keep_weights, console=console)
+    raise typer.Exit(paper_table(name, opts, _csv(models)))
 
 
 def main() -> None:
-    try:
-        code = app(standalone_mode=False)
-        if isinstance(code, int):
-            sys.exit(code)
-    except BenchError as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyError as e:  # unknown model names from the registry
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except SystemExit:
-        raise
-    except Exception as e:  # click usage errors and the like
-        import click
+    """The ``bench`` entry point: usage errors as click prints them (exit 2); the project's own
+    errors as one line (exit 2); anything else is a bug and keeps its traceback."""
+    from models.registry import UnknownModelError
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    try:
+        app()  # standalone: click prints usage errors with their hint and exits 2
+    except (BenchError, UnknownModelError) as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,20 +1,30 @@
 """Model registry: one dict, one decorator, one factory.
 
-A variant is a name plus arguments: ``register_model("swinunet-skip0")`` over the same
+A variant is a name plus arguments: ``register_variants`` registers ``swinunet-skip0`` over the same
 builder as ``swinunet`` with a different default knob. A family too large to list (every
 segmentation_models.pytorch architecture x encoder) registers a *name resolver* for a prefix instead:
 ``create_model`` asks it for names no builder is registered under.
+
+A model may be registered with a *weights filter* (see :mod:`models.weights`): the conversion from the
+checkpoint layouts its file knows. ``create_model`` attaches it to the model, so every later
+``load_weights`` of that model converts the same way.
 """
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 
 import torch.nn as nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+from models.weights import WeightsFilter, load_weights
+
+Builder = Callable[..., nn.Module]
+Resolver = Callable[[str], Builder]
+
+_MODELS: dict[str, tuple[Builder, WeightsFilter | None]] = {}
 # prefix -> resolver(name) returning a builder, or raising UnknownModelError that says why not
-_RESOLVERS: dict[str, Callable[[str], Callable[..., nn.Module]]] = {}
+_RESOLVERS: dict[str, tuple[Resolver, WeightsFilter | None]] = {}
 
 
 class UnknownModelError(KeyError):
@@ -22,25 +32,32 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(name: str, weights_filter: WeightsFilter | None = None) -> Callable[[Builder], Builder]:
     """Register a builder ``fn(num_classes, in_channels, img_size, **knobs) -> nn.Module``."""
 
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def wrap(fn: Builder) -> Builder:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
+        _MODELS[name] = (fn, weights_filter)
         return fn
 
     return wrap
 
 
-def register_resolver(prefix: str) -> Callable[[Callable[[str], Callable[..., nn.Module]]], Callable]:
+def register_variants(builder: Builder, variants: Mapping[str, dict], weights_filter: WeightsFilter | None = None
+                      ) -> None:
+    """Register each ``name: defaults`` as ``builder`` with those knobs as defaults; callers' knobs win."""
+    for name, defaults in variants.items():
+        register_model(name, weights_filter)(partial(builder, **defaults))
+
+
+def register_resolver(prefix: str, weights_filter: WeightsFilter | None = None) -> Callable[[Resolver], Resolver]:
     """Register ``resolve(name) -> builder`` for unregistered names starting with ``prefix``."""
 
-    def wrap(fn: Callable[[str], Callable[..., nn.Module]]) -> Callable[[str], Callable[..., nn.Module]]:
+    def wrap(fn: Resolver) -> Resolver:
         if prefix in _RESOLVERS:
             raise ValueError(f"a resolver for {prefix!r} is already registered")
-        _RESOLVERS[prefix] = fn
+        _RESOLVERS[prefix] = (fn, weights_filter)
         return fn
 
     return wrap
@@ -51,12 +68,12 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def _builder(name: str) -> Callable[..., nn.Module]:
+def _entry(name: str) -> tuple[Builder, WeightsFilter | None]:
     if name in _MODELS:
         return _MODELS[name]
-    for prefix, resolve in _RESOLVERS.items():
+    for prefix, (resolve, weights_filter) in _RESOLVERS.items():
         if name.startswith(prefix):
-            return resolve(name)
+            return resolve(name), weights_filter
     raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(list_models())}"
                             + "".join(f" (or any '{p}...' name)" for p in _RESOLVERS))
 
@@ -64,7 +81,7 @@ def _builder(name: str) -> Callable[..., nn.Module]:
 def is_model(name: str) -> bool:
     """Whether ``create_model(name)`` knows the name (registered, or resolvable by a prefix resolver)."""
     try:
-        _builder(name)
+        _entry(name)
     except UnknownModelError:
         return False
     return True
@@ -79,9 +96,10 @@ def create_model(
     **knobs,
 ) -> nn.Module:
     """Build a registered (or resolvable) model; unknown names raise an error listing the valid ones."""
-    model = _builder(name)(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
+    builder, weights_filter = _entry(name)
+    model = builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
+    if weights_filter is not None:
+        model.weights_filter = weights_filter  # for loads after this one, e.g. a fine-tuning script's
     if weights is not None:
-        from models.weights import load_weights
-
-        load_weights(model, weights)
+        load_weights(model, weights, weights_filter=weights_filter)
     return model

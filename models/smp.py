@@ -7,17 +7,23 @@ the encoder (``resnet34``, ``efficientnet-b0``, ``mit_b0``, ``tu-<timm model>``)
 
 Encoders are always built with ``encoder_weights=None``: nothing is downloaded. ``weights=PATH`` loads a
 local file, either a whole model's state dict or an encoder-only one (e.g. torchvision's ResNet-34
-ImageNet weights), see :func:`models.weights.load_weights`. Inputs must have a height and width
-divisible by the encoder's output stride (32 for most): smp's U-Net would silently resize instead,
-which no other model in a comparison does, so every smp model here raises a ValueError.
+ImageNet weights, recognised by :func:`encoder_weights_filter`), see :func:`models.weights.load_weights`.
+Inputs must have a height and width divisible by the encoder's output stride (32 for most): smp's U-Net
+would silently resize instead, which no other model in a comparison does, so every smp model here
+raises a ValueError.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 import segmentation_models_pytorch as smp_lib
 import timm
+import torch
 import torch.nn as nn
 
 from models.registry import UnknownModelError, register_model, register_resolver
+from models.weights import Converted
 
 PREFIX = "smp-"
 ARCHITECTURES: dict[str, type[nn.Module]] = dict(smp_lib.MODEL_ARCHITECTURES_MAPPING)  # lower-case name -> class
@@ -61,7 +67,21 @@ def _known_encoder(encoder: str) -> bool:
     return encoder in smp_lib.encoders.get_encoder_names()
 
 
-@register_resolver(PREFIX)
+def encoder_weights_filter(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> Converted | None:
+    """A file holding only an encoder's weights (bare or under ``encoder.``) as the model's ``encoder.*``
+    keys; None for any other file (a whole smp model loads as it is)."""
+    if any(k.startswith(("decoder.", "segmentation_head.")) for k in state):
+        return None
+    if all(k.startswith("encoder.") for k in state):
+        state = {k[len("encoder."):]: v for k, v in state.items()}
+    encoder_keys = set(model.encoder.state_dict())
+    for inner in ("", "model."):  # smp's own encoders, or its wrapper around a timm backbone ("tu-")
+        if any(inner + k in encoder_keys for k in state):
+            return Converted("smp_encoder", {f"encoder.{inner}{k}": v for k, v in state.items()}, partial=True)
+    return None
+
+
+@register_resolver(PREFIX, weights_filter=encoder_weights_filter)
 def resolve(name: str):
     """The builder for ``smp-<arch>-<encoder>``; UnknownModelError naming the valid parts otherwise."""
     arch, _, encoder = name[len(PREFIX):].partition("-")
@@ -82,5 +102,5 @@ def resolve(name: str):
 
 
 for _name in REGISTERED:
-    register_model(PREFIX + _name)(resolve(PREFIX + _name))
+    register_model(PREFIX + _name, encoder_weights_filter)(resolve(PREFIX + _name))
 

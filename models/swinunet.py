@@ -9,13 +9,14 @@ Tokens stay in timm's B x H x W x C layout throughout (the official code uses B 
 operation is per token or per window, so the two are equivalent). State-dict keys are the official
 ``swin_unet.*`` keys without that prefix, minus the buffers derived from the geometry
 (``relative_position_index``, ``attn_mask``), so official checkpoints load through
-:func:`models.weights.load_weights` without renaming.
-
-Variants (names plus arguments over the one class) are registered at the bottom of the file.
+:func:`models.weights.load_weights` without renaming. ImageNet Swin encoder checkpoints are converted by
+:func:`imagenet_encoder_filter`, registered with the variants at the bottom of the file.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed, to_2tuple, trunc_normal_
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
-from models.registry import register_model
+from models.registry import register_variants
+from models.weights import Converted
 
 SCALES: dict[str, dict] = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24)),
@@ -309,6 +311,37 @@ def build_swinunet(num_classes: int = 9, in_channels: int = 1, img_size: int = 2
                     **{**SCALES[scale], **knobs})
 
 
+# --- ImageNet Swin encoder checkpoints ------------------------------------------------------------
+
+def _timm_to_microsoft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # timm merges patches at the start of stage i+1; Microsoft (and Swin-Unet) at the end of stage i
+    if not any(re.match(r"layers\.3\.downsample\.", k) for k in state):
+        return state
+    return {re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) - 1}.downsample.", k): v
+            for k, v in state.items()}
+
+
+def _mirror_encoder(state: dict[str, torch.Tensor], num_stages: int) -> dict[str, torch.Tensor]:
+    """Also offer every ``layers.{i}.x`` as ``layers_up.{L-1-i}.x`` (the official decoder initialisation)."""
+    full = dict(state)
+    for k, v in state.items():
+        m = re.match(r"layers\.(\d+)\.(.*)", k)
+        if m:
+            full[f"layers_up.{num_stages - 1 - int(m[1])}.{m[2]}"] = v
+    return full
+
+
+def imagenet_encoder_filter(state: Mapping[str, torch.Tensor], model: SwinUnet, path: Path) -> Converted | None:
+    """An ImageNet Swin encoder checkpoint (Microsoft's ``swin_tiny_patch4_window7_224.pth`` layout, or
+    timm's) loaded as the official ``SwinUnet.load_from`` does: encoder keys directly, ``layers.{i}.*``
+    also into ``layers_up.{L-1-i}.*``, keys the model lacks or whose shapes differ dropped, the
+    decoder-only layers left as initialised. None for any other file (a whole Swin-Unet loads as it is)."""
+    if not any(k.startswith("layers.") for k in state) or any(k.startswith("layers_up.") for k in state):
+        return None
+    return Converted("swin_imagenet", _mirror_encoder(_timm_to_microsoft(dict(state)), len(model.layers)),
+                     partial=True)
+
+
 # name -> default knobs; callers' knobs override these.
 VARIANTS: dict[str, dict] = {
     "swinunet": {},  # the paper's Swin-T configuration
@@ -325,14 +358,4 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def _register(name: str, defaults: dict) -> None:
-    def builder(**kwargs) -> SwinUnet:
-        return build_swinunet(**{**defaults, **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    builder.__doc__ = f"Swin-Unet with {defaults or 'the paper defaults'}."
-    register_model(name)(builder)
-
-
-for _name, _defaults in VARIANTS.items():
-    _register(_name, _defaults)
+register_variants(build_swinunet, VARIANTS, weights_filter=imagenet_encoder_filter)

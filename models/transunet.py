@@ -17,13 +17,18 @@ one, so that its checkpoints and results transfer (each is set explicitly below)
 
 State-dict keys: ``backbone.*`` (timm ResNetV2), ``patch_embed``, ``pos_embed``, ``blocks.*`` (timm
 ViT), ``norm``; the decoder keys (``decoder.*``, ``segmentation_head.*``) are the official ones. Google's
-ImageNet-21k ``R50+ViT-B_16.npz`` loads through :func:`models.weights.load_weights`.
+ImageNet-21k ``R50+ViT-B_16.npz`` and trained official checkpoints are renamed by
+:func:`checkpoint_filter`, registered with the variants, when :func:`models.weights.load_weights` loads them.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +36,8 @@ from timm.layers import GroupNormAct, StdConv2d, to_2tuple
 from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import Block
 
-from models.registry import register_model
+from models.registry import register_variants
+from models.weights import Converted, listing
 
 SKIP_CHANNELS = (512, 256, 64)  # the R50 maps at 1/8, 1/4, 1/2: the decoder's first three skips
 HEAD_CHANNELS = 512  # the CUP's first convolution, hidden -> 512
@@ -195,6 +201,138 @@ class TransUNet(nn.Module):
         return self.segmentation_head(self.decoder(x, skips))
 
 
+# --- checkpoints in other layouts -----------------------------------------------------------------
+
+def _t(a, kind: str = "") -> torch.Tensor:
+    """A Flax array as a PyTorch tensor: conv kernels HWIO -> OIHW, dense kernels (in, out) -> (out, in)."""
+    w = torch.from_numpy(a.copy()).float()
+    if kind == "conv":
+        return w.permute(3, 2, 0, 1)
+    if kind == "dense":
+        return w.reshape(-1, w.shape[-1]).T if w.ndim == 3 else w.T  # attention out: (heads, dim, D)
+    if kind == "qkv":
+        return w.reshape(w.shape[0], -1).T  # (D, heads, dim) -> (heads * dim, D)
+    return w.reshape(-1) if kind == "vector" else w
+
+
+def _resize_pos_embed(posemb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Drop the class token's entry and zoom the position grid linearly, as the official load_from."""
+    n = posemb.shape[1]
+    if n == grid[0] * grid[1]:
+        return posemb
+    tokens = posemb[0, 1:] if math.isqrt(n - 1) ** 2 == n - 1 else posemb[0]
+    old = math.isqrt(tokens.shape[0])
+    if (old, old) == grid:
+        return tokens[None]
+    from scipy import ndimage
+
+    zoomed = ndimage.zoom(tokens.reshape(old, old, -1).numpy(), (grid[0] / old, grid[1] / old, 1), order=1)
+    return torch.from_numpy(zoomed).reshape(1, grid[0] * grid[1], -1)
+
+
+def google_vit_state(npz: Mapping[str, np.ndarray], model: TransUNet) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our TransUNet keys -> tensors from a Google hybrid-ViT npz, and the npz keys left unused."""
+    prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in npz), None)
+    if prefix is None:
+        raise ValueError(f"not a Google ViT checkpoint: no 'embedding/kernel' among {listing(sorted(npz))}")
+    if f"{prefix}conv_root/kernel" not in npz:
+        raise ValueError("a pure ViT checkpoint (no 'conv_root/kernel'): TransUNet needs the hybrid R50+ViT-B_16.npz")
+    w = {k[len(prefix):]: v for k, v in npz.items() if k.startswith(prefix)}
+    used: set[str] = set()
+
+    def get(key: str, kind: str = "") -> torch.Tensor:
+        used.add(key)
+        return _t(w[key], kind)
+
+    out = {"backbone.stem.conv.weight": get("conv_root/kernel", "conv"),
+           "backbone.stem.norm.weight": get("gn_root/scale", "vector"),
+           "backbone.stem.norm.bias": get("gn_root/bias", "vector")}
+    for i, stage in enumerate(model.backbone.stages):
+        for j, block in enumerate(stage.blocks):
+            src, dst = f"block{i + 1}/unit{j + 1}/", f"backbone.stages.{i}.blocks.{j}."
+            names = [(f"conv{r}", f"conv{r}", f"gn{r}", f"norm{r}") for r in (1, 2, 3)]
+            if block.downsample is not None:
+                names.append(("conv_proj", "downsample.conv", "gn_proj", "downsample.norm"))
+            for conv, our_conv, gn, our_norm in names:
+                if f"{src}{conv}/kernel" not in w:
+                    continue  # the model is deeper than the file: left as initialised, reported missing
+                out[f"{dst}{our_conv}.weight"] = get(f"{src}{conv}/kernel", "conv")
+                out[f"{dst}{our_norm}.weight"] = get(f"{src}{gn}/scale", "vector")
+                out[f"{dst}{our_norm}.bias"] = get(f"{src}{gn}/bias", "vector")
+    out["patch_embed.weight"] = get("embedding/kernel", "conv")
+    out["patch_embed.bias"] = get("embedding/bias")
+    out["pos_embed"] = _resize_pos_embed(get("Transformer/posembed_input/pos_embedding"), model.grid)
+    out["norm.weight"] = get("Transformer/encoder_norm/scale")
+    out["norm.bias"] = get("Transformer/encoder_norm/bias")
+    for i in range(len(model.blocks)):
+        src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        if f"{src}LayerNorm_0/scale" not in w:
+            continue
+        attn = f"{src}MultiHeadDotProductAttention_1/"
+        out[dst + "attn.qkv.weight"] = torch.cat([get(f"{attn}{n}/kernel", "qkv") for n in ("query", "key", "value")])
+        out[dst + "attn.qkv.bias"] = torch.cat([get(f"{attn}{n}/bias", "vector") for n in ("query", "key", "value")])
+        out[dst + "attn.proj.weight"] = get(f"{attn}out/kernel", "dense")
+        out[dst + "attn.proj.bias"] = get(f"{attn}out/bias")
+        for ln, ours in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
+            out[f"{dst}{ours}.weight"] = get(f"{src}{ln}/scale")
+            out[f"{dst}{ours}.bias"] = get(f"{src}{ln}/bias")
+        for r in (0, 1):
+            out[f"{dst}mlp.fc{r + 1}.weight"] = get(f"{src}MlpBlock_3/Dense_{r}/kernel", "dense")
+            out[f"{dst}mlp.fc{r + 1}.bias"] = get(f"{src}MlpBlock_3/Dense_{r}/bias")
+    return out, sorted(prefix + k for k in w if k not in used)
+
+
+def official_transunet_state(state: Mapping[str, torch.Tensor], model: TransUNet) -> dict[str, torch.Tensor]:
+    """An official TransUNet ``VisionTransformer`` state dict under our TransUNet's keys.
+
+    Keys it cannot place keep their names, so the strict check lists them.
+    """
+    hybrid, enc = "transformer.embeddings.hybrid_model.", "transformer.encoder."
+    fixed = {f"{hybrid}root.conv.weight": "backbone.stem.conv.weight",
+             f"{hybrid}root.gn.weight": "backbone.stem.norm.weight",
+             f"{hybrid}root.gn.bias": "backbone.stem.norm.bias",
+             "transformer.embeddings.patch_embeddings.weight": "patch_embed.weight",
+             "transformer.embeddings.patch_embeddings.bias": "patch_embed.bias",
+             f"{enc}encoder_norm.weight": "norm.weight", f"{enc}encoder_norm.bias": "norm.bias"}
+    unit = {"gn1": "norm1", "gn2": "norm2", "gn3": "norm3",
+            "downsample": "downsample.conv", "gn_proj": "downsample.norm"}
+    layer = {"attention_norm": "norm1", "ffn_norm": "norm2", "ffn.fc1": "mlp.fc1", "ffn.fc2": "mlp.fc2",
+             "attn.out": "attn.proj"}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for k, v in state.items():
+        if k in fixed:
+            out[fixed[k]] = v
+        elif k == "transformer.embeddings.position_embeddings":
+            out["pos_embed"] = _resize_pos_embed(v, model.grid)
+        elif m := re.fullmatch(re.escape(hybrid) + r"body\.block(\d+)\.unit(\d+)\.(\w+)\.(weight|bias)", k):
+            name = unit.get(m[3], m[3])
+            out[f"backbone.stages.{int(m[1]) - 1}.blocks.{int(m[2]) - 1}.{name}.{m[4]}"] = v
+        elif m := re.fullmatch(re.escape(enc) + r"layer\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", k):
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = v
+        elif m := re.fullmatch(re.escape(enc) + r"layer\.(\d+)\.(.+)\.(weight|bias)", k):
+            out[f"blocks.{m[1]}.{layer.get(m[2], m[2])}.{m[3]}"] = v
+        else:
+            out[k] = v  # decoder.* and segmentation_head.* are named alike
+    for (i, kind), parts in qkv.items():
+        if set(parts) == {"query", "key", "value"}:
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+        else:
+            out.update({f"{enc}layer.{i}.attn.{n}.{kind}": t for n, t in parts.items()})
+    return out
+
+
+def checkpoint_filter(contents: Mapping, model: TransUNet, path: Path) -> Converted | None:
+    """Google's ``R50+ViT-B_16.npz`` (the encoder only) or a trained official TransUNet checkpoint
+    (``transformer.embeddings.*`` keys; must match exactly) under our keys; None for any other file."""
+    if path.suffix == ".npz":
+        state, unused = google_vit_state(contents, model)
+        return Converted("vit_npz", state, partial=True, unused=tuple(unused))
+    if any(k.startswith("transformer.embeddings.") for k in contents):
+        return Converted("transunet_official", official_transunet_state(contents, model), partial=False)
+    return None
+
+
 # name -> default knobs; callers' knobs override these.
 VARIANTS: dict[str, dict] = {
     "transunet": {},  # the paper's R50-ViT-B/16, all three skips
@@ -208,14 +346,4 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def _register(name: str, defaults: dict) -> None:
-    def builder(**kwargs) -> TransUNet:
-        return TransUNet(**{**defaults, **kwargs})
-
-    builder.__name__ = name.replace("-", "_")
-    builder.__doc__ = f"TransUNet with {defaults or 'the paper defaults'}."
-    register_model(name)(builder)
-
-
-for _name, _defaults in VARIANTS.items():
-    _register(_name, _defaults)
+register_variants(TransUNet, VARIANTS, weights_filter=checkpoint_filter)

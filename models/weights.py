@@ -1,32 +1,25 @@
-"""Load model weights from local files, in the formats our models' checkpoints come in.
+"""Load model weights from local files: the generic part, which knows no model's checkpoint layout.
 
-Never downloads. Understands:
+Never downloads. Reads a plain state dict, or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``,
+saved with ``torch.save`` or as ``.safetensors``, and ``.npz`` archives (as name -> array). Wrapper
+prefixes (``module.`` from DataParallel, ``_orig_mod.`` from torch.compile, ``swin_unet.`` from the
+official Swin-Unet wrapper, ``model.``) are stripped when every key carries them.
 
-* a plain state dict, or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``, saved with
-  ``torch.save`` or as ``.safetensors``; wrapper prefixes (``module.`` from DataParallel, ``_orig_mod.``
-  from torch.compile, ``swin_unet.`` from the official Swin-Unet wrapper, ``model.``) are stripped when
-  every key carries them. These must match the model exactly, apart from buffers the model derives
-  from its geometry (``relative_position_index``, ``attn_mask``).
-* an ImageNet Swin encoder checkpoint (Microsoft's ``swin_tiny_patch4_window7_224.pth`` layout, or
-  timm's, which merges patches at the start of a stage), loaded into a Swin-Unet as the official
-  ``SwinUnet.load_from`` does: encoder keys directly, ``layers.{i}.*`` also into ``layers_up.{L-1-i}.*``,
-  keys the model lacks or whose shapes differ dropped, the decoder-only layers left as initialised.
-* a trained official TransUNet checkpoint (``transformer.embeddings.hybrid_model...`` keys, the
-  state dict of its ``VisionTransformer``), renamed into our TransUNet; it must match exactly,
-  apart from the position grid, which is zoomed when trained at another input size.
-* Google's ``R50+ViT-B_16.npz`` (Flax layout) into a TransUNet: encoder only.
-* encoder-only weights for segmentation-models-pytorch models.
+Other layouts (an ImageNet encoder, another code base's names, a Flax ``.npz``) are converted by the
+model's own *weights filter*, which lives in the model's file and is registered with it (see
+:func:`models.registry.register_model`); this module imports none of them. Without a conversion the file
+must match the model exactly, apart from buffers the model derives from its geometry
+(``relative_position_index``, ``attn_mask``).
 
 The model records where its weights came from in ``model.pretrained_from`` and what was loaded in
 ``model.weights_report`` (a :class:`LoadReport`), for run manifests.
 """
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,10 +34,24 @@ class LoadReport:
     """What a load did: the detected format and the keys left out on either side."""
 
     path: str
-    format: str  # "state_dict" | "swin_imagenet" | "vit_npz" | "smp_encoder" | "transunet_official"
+    format: str  # "state_dict", or the format a weights filter names ("swin_imagenet", "vit_npz", ...)
     loaded: int
     missing: list[str] = field(default_factory=list)  # model keys left as initialised
     dropped: list[str] = field(default_factory=list)  # file keys not used (absent or shape mismatch)
+
+
+class Converted(NamedTuple):
+    """A file's tensors renamed to the model's keys, as a weights filter returns them."""
+
+    format: str  # recorded as LoadReport.format
+    state: dict[str, torch.Tensor]
+    partial: bool  # the file covers part of the model: load what matches, leave the rest as initialised
+    unused: tuple[str, ...] = ()  # file entries no model key was made from (reported as dropped)
+
+
+# filter(file contents, model, path) -> the converted state, or None when the file is a plain state dict.
+# The contents are name -> tensor (prefixes stripped) or, for ``.npz`` files, name -> numpy array.
+WeightsFilter = Callable[[Mapping[str, Any], nn.Module, Path], "Converted | None"]
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -70,6 +77,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays in a local ``.npz`` archive (no pickles)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a numpy .npz archive: {e}") from e
+
+
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove wrapper prefixes that every key shares (``module.swin_unet.x`` -> ``x``)."""
     stripped = True
@@ -80,185 +98,6 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 stripped = True
     return state
-
-
-def _is_swin_encoder_only(state: Mapping[str, torch.Tensor], model: nn.Module) -> bool:
-    has_decoder = hasattr(model, "layers_up")
-    return has_decoder and any(k.startswith("layers.") for k in state) and not any(
-        k.startswith("layers_up.") for k in state)
-
-
-def _timm_to_microsoft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # timm merges patches at the start of stage i+1; Microsoft (and Swin-Unet) at the end of stage i
-    if not any(re.match(r"layers\.3\.downsample\.", k) for k in state):
-        return state
-    return {re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) - 1}.downsample.", k): v
-            for k, v in state.items()}
-
-
-def _mirror_encoder(state: dict[str, torch.Tensor], num_stages: int) -> dict[str, torch.Tensor]:
-    """Also offer every ``layers.{i}.x`` as ``layers_up.{L-1-i}.x`` (the official decoder initialisation)."""
-    full = dict(state)
-    for k, v in state.items():
-        m = re.match(r"layers\.(\d+)\.(.*)", k)
-        if m:
-            full[f"layers_up.{num_stages - 1 - int(m[1])}.{m[2]}"] = v
-    return full
-
-
-# --- Google ViT .npz (R50+ViT-B_16) -> TransUNet ------------------------------------------------
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except Exception as e:
-        raise ValueError(f"cannot read {path} as a numpy .npz archive: {e}") from e
-
-
-def _t(a, kind: str = "") -> torch.Tensor:
-    """A Flax array as a PyTorch tensor: conv kernels HWIO -> OIHW, dense kernels (in, out) -> (out, in)."""
-    w = torch.from_numpy(a.copy()).float()
-    if kind == "conv":
-        return w.permute(3, 2, 0, 1)
-    if kind == "dense":
-        return w.reshape(-1, w.shape[-1]).T if w.ndim == 3 else w.T  # attention out: (heads, dim, D)
-    if kind == "qkv":
-        return w.reshape(w.shape[0], -1).T  # (D, heads, dim) -> (heads * dim, D)
-    return w.reshape(-1) if kind == "vector" else w
-
-
-def _resize_pos_embed(posemb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Drop the class token's entry and zoom the position grid linearly, as the official load_from."""
-    n = posemb.shape[1]
-    if n == grid[0] * grid[1]:
-        return posemb
-    tokens = posemb[0, 1:] if math.isqrt(n - 1) ** 2 == n - 1 else posemb[0]
-    old = math.isqrt(tokens.shape[0])
-    if (old, old) == grid:
-        return tokens[None]
-    from scipy import ndimage
-
-    zoomed = ndimage.zoom(tokens.reshape(old, old, -1).numpy(), (grid[0] / old, grid[1] / old, 1), order=1)
-    return torch.from_numpy(zoomed).reshape(1, grid[0] * grid[1], -1)
-
-
-def google_vit_state(npz: Mapping[str, np.ndarray], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Our TransUNet keys -> tensors from a Google hybrid-ViT npz, and the npz keys left unused."""
-    prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in npz), None)
-    if prefix is None:
-        raise ValueError(f"not a Google ViT checkpoint: no 'embedding/kernel' among {_listing(sorted(npz))}")
-    if f"{prefix}conv_root/kernel" not in npz:
-        raise ValueError("a pure ViT checkpoint (no 'conv_root/kernel'): TransUNet needs the hybrid R50+ViT-B_16.npz")
-    w = {k[len(prefix):]: v for k, v in npz.items() if k.startswith(prefix)}
-    used: set[str] = set()
-
-    def get(key: str, kind: str = "") -> torch.Tensor:
-        used.add(key)
-        return _t(w[key], kind)
-
-    out = {"backbone.stem.conv.weight": get("conv_root/kernel", "conv"),
-           "backbone.stem.norm.weight": get("gn_root/scale", "vector"),
-           "backbone.stem.norm.bias": get("gn_root/bias", "vector")}
-    for i, stage in enumerate(model.backbone.stages):
-        for j, block in enumerate(stage.blocks):
-            src, dst = f"block{i + 1}/unit{j + 1}/", f"backbone.stages.{i}.blocks.{j}."
-            names = [(f"conv{r}", f"conv{r}", f"gn{r}", f"norm{r}") for r in (1, 2, 3)]
-            if block.downsample is not None:
-                names.append(("conv_proj", "downsample.conv", "gn_proj", "downsample.norm"))
-            for conv, our_conv, gn, our_norm in names:
-                if f"{src}{conv}/kernel" not in w:
-                    continue  # the model is deeper than the file: left as initialised, reported missing
-                out[f"{dst}{our_conv}.weight"] = get(f"{src}{conv}/kernel", "conv")
-                out[f"{dst}{our_norm}.weight"] = get(f"{src}{gn}/scale", "vector")
-                out[f"{dst}{our_norm}.bias"] = get(f"{src}{gn}/bias", "vector")
-    out["patch_embed.weight"] = get("embedding/kernel", "conv")
-    out["patch_embed.bias"] = get("embedding/bias")
-    out["pos_embed"] = _resize_pos_embed(get("Transformer/posembed_input/pos_embedding"), model.grid)
-    out["norm.weight"] = get("Transformer/encoder_norm/scale")
-    out["norm.bias"] = get("Transformer/encoder_norm/bias")
-    for i in range(len(model.blocks)):
-        src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        if f"{src}LayerNorm_0/scale" not in w:
-            continue
-        attn = f"{src}MultiHeadDotProductAttention_1/"
-        out[dst + "attn.qkv.weight"] = torch.cat([get(f"{attn}{n}/kernel", "qkv") for n in ("query", "key", "value")])
-        out[dst + "attn.qkv.bias"] = torch.cat([get(f"{attn}{n}/bias", "vector") for n in ("query", "key", "value")])
-        out[dst + "attn.proj.weight"] = get(f"{attn}out/kernel", "dense")
-        out[dst + "attn.proj.bias"] = get(f"{attn}out/bias")
-        for ln, ours in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
-            out[f"{dst}{ours}.weight"] = get(f"{src}{ln}/scale")
-            out[f"{dst}{ours}.bias"] = get(f"{src}{ln}/bias")
-        for r in (0, 1):
-            out[f"{dst}mlp.fc{r + 1}.weight"] = get(f"{src}MlpBlock_3/Dense_{r}/kernel", "dense")
-            out[f"{dst}mlp.fc{r + 1}.bias"] = get(f"{src}MlpBlock_3/Dense_{r}/bias")
-    return out, sorted(prefix + k for k in w if k not in used)
-
-
-def _is_official_transunet(state: Mapping[str, torch.Tensor], model: nn.Module) -> bool:
-    from models.transunet import TransUNet
-
-    return isinstance(model, TransUNet) and any(k.startswith("transformer.embeddings.") for k in state)
-
-
-def official_transunet_state(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """An official TransUNet ``VisionTransformer`` state dict under our TransUNet's keys.
-
-    Keys it cannot place keep their names, so the strict check lists them.
-    """
-    hybrid, enc = "transformer.embeddings.hybrid_model.", "transformer.encoder."
-    fixed = {f"{hybrid}root.conv.weight": "backbone.stem.conv.weight",
-             f"{hybrid}root.gn.weight": "backbone.stem.norm.weight",
-             f"{hybrid}root.gn.bias": "backbone.stem.norm.bias",
-             "transformer.embeddings.patch_embeddings.weight": "patch_embed.weight",
-             "transformer.embeddings.patch_embeddings.bias": "patch_embed.bias",
-             f"{enc}encoder_norm.weight": "norm.weight", f"{enc}encoder_norm.bias": "norm.bias"}
-    unit = {"gn1": "norm1", "gn2": "norm2", "gn3": "norm3",
-            "downsample": "downsample.conv", "gn_proj": "downsample.norm"}
-    layer = {"attention_norm": "norm1", "ffn_norm": "norm2", "ffn.fc1": "mlp.fc1", "ffn.fc2": "mlp.fc2",
-             "attn.out": "attn.proj"}
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for k, v in state.items():
-        if k in fixed:
-            out[fixed[k]] = v
-        elif k == "transformer.embeddings.position_embeddings":
-            out["pos_embed"] = _resize_pos_embed(v, model.grid)
-        elif m := re.fullmatch(re.escape(hybrid) + r"body\.block(\d+)\.unit(\d+)\.(\w+)\.(weight|bias)", k):
-            name = unit.get(m[3], m[3])
-            out[f"backbone.stages.{int(m[1]) - 1}.blocks.{int(m[2]) - 1}.{name}.{m[4]}"] = v
-        elif m := re.fullmatch(re.escape(enc) + r"layer\.(\d+)\.attn\.(query|key|value)\.(weight|bias)", k):
-            qkv.setdefault((m[1], m[3]), {})[m[2]] = v
-        elif m := re.fullmatch(re.escape(enc) + r"layer\.(\d+)\.(.+)\.(weight|bias)", k):
-            out[f"blocks.{m[1]}.{layer.get(m[2], m[2])}.{m[3]}"] = v
-        else:
-            out[k] = v  # decoder.* and segmentation_head.* are named alike
-    for (i, kind), parts in qkv.items():
-        if set(parts) == {"query", "key", "value"}:
-            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
-        else:
-            out.update({f"{enc}layer.{i}.attn.{n}.{kind}": t for n, t in parts.items()})
-    return out
-
-
-# --- encoder-only weights for segmentation_models.pytorch models ----------------------------------
-
-def _smp_encoder_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """``state`` as ``encoder.*`` keys if it holds only an smp model's encoder weights, else None."""
-    from segmentation_models_pytorch.base import SegmentationModel
-
-    if not isinstance(model, SegmentationModel) or any(k.startswith(("decoder.", "segmentation_head."))
-                                                       for k in state):
-        return None
-    if all(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items()}
-    encoder_keys = set(model.encoder.state_dict())
-    for inner in ("", "model."):  # smp's own encoders, or its wrapper around a timm backbone ("tu-")
-        if any(inner + k in encoder_keys for k in state):
-            return {f"encoder.{inner}{k}": v for k, v in state.items()}
-    return None
 
 
 def _adapt_input_convs(state: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor],
@@ -274,41 +113,40 @@ def _adapt_input_convs(state: dict[str, torch.Tensor], target: Mapping[str, torc
             for k, v in state.items()}
 
 
-def _listing(keys: list[str], limit: int = 10) -> str:
+def listing(keys: list[str], limit: int = 10) -> str:
+    """The first ``limit`` keys, comma-separated, and how many more there are (for error messages)."""
     shown = ", ".join(keys[:limit])
     return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+def _read(path: str | Path, target: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The file's entries: arrays from an ``.npz``, else tensors without wrapper prefixes or derived buffers."""
+    if Path(path).suffix == ".npz":
+        return read_npz(Path(path))
+    state = strip_prefixes(read_state_dict(path))
+    return {k: v for k, v in state.items() if k in target or not k.endswith(DERIVED_BUFFERS)}
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True,
+                 weights_filter: WeightsFilter | None = None) -> LoadReport:
     """Load ``path`` into ``model`` in place and record it on the model.
 
+    ``weights_filter`` converts the layouts the model's file knows; by default the one the registry
+    attached to the model (``model.weights_filter``), if any.
     Raises FileNotFoundError for a missing file and ValueError (listing the keys) when a full state
-    dict does not match the model, or when an ImageNet encoder checkpoint matches nothing.
+    dict does not match the model, or when a partial checkpoint (an ImageNet encoder) matches nothing.
     ``strict=False`` loads the matching part of a full state dict instead of raising.
     """
+    weights_filter = weights_filter or getattr(model, "weights_filter", None)
     target = model.state_dict()
-    unused: list[str] = []  # file entries no model key was made from (npz only)
-    if Path(path).suffix == ".npz":
-        from models.transunet import TransUNet
-
-        if not isinstance(model, TransUNet):
+    contents = _read(path, target)
+    converted = weights_filter(contents, model, Path(path)) if weights_filter is not None else None
+    if converted is None:
+        if Path(path).suffix == ".npz":  # arrays always need a conversion; only TransUNet's reads them
             raise ValueError(f"{path}: Google ViT .npz checkpoints load into TransUNet models, "
                              f"not {type(model).__name__}")
-        fmt, partial = "vit_npz", True
-        state, unused = google_vit_state(read_npz(Path(path)), model)
-    else:
-        state = strip_prefixes(read_state_dict(path))
-        state = {k: v for k, v in state.items() if k in target or not k.endswith(DERIVED_BUFFERS)}
-        if _is_swin_encoder_only(state, model):
-            fmt, partial = "swin_imagenet", True
-            state = _mirror_encoder(_timm_to_microsoft(state), len(model.layers))
-        elif (encoder := _smp_encoder_state(state, model)) is not None:
-            fmt, partial, state = "smp_encoder", True, encoder
-        elif _is_official_transunet(state, model):
-            fmt, partial = "transunet_official", not strict
-            state = official_transunet_state(state, model)
-        else:
-            fmt, partial = "state_dict", not strict
+        converted = Converted("state_dict", contents, partial=False)
+    state, partial = converted.state, converted.partial or not strict
     if partial:
         state = _adapt_input_convs(state, target, getattr(model, "in_channels", None))
 
@@ -320,16 +158,17 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
     if not partial and (mismatched or unexpected or absent):
         raise ValueError(
             f"{path} does not match {type(model).__name__}: "
-            f"{len(mismatched)} shape mismatches [{_listing(mismatched)}]; "
-            f"{len(absent)} model keys not in the file [{_listing(absent)}]; "
-            f"{len(unexpected)} file keys not in the model [{_listing(unexpected)}]"
+            f"{len(mismatched)} shape mismatches [{listing(mismatched)}]; "
+            f"{len(absent)} model keys not in the file [{listing(absent)}]; "
+            f"{len(unexpected)} file keys not in the model [{listing(unexpected)}]"
         )
     missing = sorted(k for k in target if k not in usable)
-    dropped = sorted(k for k in state if k not in usable) + unused
+    dropped = sorted(k for k in state if k not in usable) + list(converted.unused)
     if not usable:
-        raise ValueError(f"{path}: no key matches {type(model).__name__} (file keys: {_listing(sorted(state))})")
+        raise ValueError(f"{path}: no key matches {type(model).__name__} (file keys: {listing(sorted(state))})")
     model.load_state_dict(usable, strict=False)
-    report = LoadReport(path=str(path), format=fmt, loaded=len(usable), missing=missing, dropped=dropped)
+    report = LoadReport(path=str(path), format=converted.format, loaded=len(usable), missing=missing,
+                        dropped=dropped)
     model.pretrained_from = str(path)
     model.weights_report = report
     return report

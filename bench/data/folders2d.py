@@ -31,6 +31,7 @@ from bench.data.labelmaps import label_values
 from bench.data.splits import SPLITS, random_split, read_splits, splits_path, write_splits
 from bench.data.synapse import Dataset, open_synapse
 from bench.errors import BenchError
+from bench.paths import cache_dir
 
 VERSION = 1
 EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -237,7 +238,6 @@ def _split(root: Path, ids: list[str], say=print) -> dict:
 
 def open_folder(root: Path, say=print) -> Dataset:
     """The Dataset for an images/ + masks/ folder (converted into the cache on first use)."""
-    from bench.data.resolve import cache_dir
 
     root = Path(root).expanduser()
     pairs = pair(root)

@@ -28,6 +28,7 @@ import numpy as np
 
 from bench.data.synapse import LIST_DIR
 from bench.errors import BenchError
+from bench.files import atomic_text
 
 META = "dataset.json"
 TRAIN_LIST = LIST_DIR / "train.txt"
@@ -57,16 +58,6 @@ def write_case(root: Path, case: str, image: np.ndarray, label: np.ndarray,
         if spacing is not None:
             f.attrs["spacing"] = np.asarray(spacing, np.float64)
     return names
-
-
-def atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_lists(root: Path, train_slices: list[str], test_cases: list[str]) -> None:

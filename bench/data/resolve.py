@@ -8,21 +8,12 @@ official preprocessed files), a folder in the Synapse layout (made by ``bench da
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bench.data.organs import SYNAPSE_ORGANS
 from bench.data.synapse import LIST_DIR, Dataset, open_synapse
 from bench.errors import BenchError
-
-
-def cache_dir() -> Path:
-    """Where generated data goes: $SEGBENCH_CACHE, else ~/.cache/segbench (never the repo)."""
-    env = os.environ.get("SEGBENCH_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "segbench"
+from bench.paths import cache_dir
 
 
 def synthetic(seed: int = 0, say=print) -> Dataset:
@@ -52,8 +43,7 @@ def open_layout(root: Path, name: str | None = None, say=print) -> Dataset:
 
 def resolve_dataset(spec: str, say=print, data_root: Path | str | None = None, fold: int | None = None) -> Dataset:
     """``synthetic``, ``synapse`` (with data_root), or a dataset folder; fold k of its stored K-fold split."""
-    from bench.data import folders2d as images2d
-    from bench.data import splits
+    from bench.data import folders2d, splits
 
     if data_root is not None and spec != "synapse":
         raise BenchError("--data-root is only used with --dataset synapse; pass other folders as --dataset PATH")
@@ -73,5 +63,5 @@ def resolve_dataset(spec: str, say=print, data_root: Path | str | None = None, f
             raise BenchError(f"dataset folder not found: {root}")
         if not root.is_dir() or not any(root.iterdir()):
             raise BenchError(f"dataset folder is empty or not a folder: {root}")
-        ds = images2d.open_folder(root, say=say) if images2d.is_image_folder(root) else open_layout(root, say=say)
+        ds = folders2d.open_folder(root, say=say) if folders2d.is_image_folder(root) else open_layout(root, say=say)
     return ds if fold is None else splits.fold_view(ds, fold)

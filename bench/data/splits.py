@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.layout import atomic_text, read_meta
+from bench.data.layout import read_meta
 from bench.data.synapse import Dataset, case_of, validation_split
 from bench.errors import BenchError
+from bench.files import atomic_text
+from bench.paths import cache_dir
 
 SPLITS = "splits.json"
 
@@ -33,7 +35,6 @@ def splits_path(root: Path) -> Path:
     A converted dataset (a 2D image folder) names its split file in dataset.json, so the split
     stays with the user's folder rather than with the cached conversion.
     """
-    from bench.data.resolve import cache_dir
 
     root = Path(root).resolve()
     meta = read_meta(root)

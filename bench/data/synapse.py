@@ -7,8 +7,7 @@ Layout (as the official repositories preprocess it)::
     lists/lists_Synapse/train.txt        one slice name per line
     lists/lists_Synapse/test_vol.txt     one case name per line
 
-Randomness is derived from (seed, epoch, sample index), never from global RNG state, so a
-resumed run sees exactly the batches an uninterrupted one would.
+Training-time sampling and augmentation live in ``bench.data.sampling``.
 """
 from __future__ import annotations
 
@@ -18,11 +17,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
-from scipy import ndimage
 
 from bench.errors import BenchError
-from bench.protocol import Augmentation
 
 LIST_DIR = Path("lists") / "lists_Synapse"
 
@@ -121,79 +117,3 @@ def load_volume(ds: Dataset, case: str) -> tuple[np.ndarray, np.ndarray, tuple[f
     except Exception as e:
         raise BenchError(f"{path}: unreadable test volume ({e})") from None
     return image, label, spacing
-
-
-def augment(image: np.ndarray, label: np.ndarray, aug: Augmentation, rng: np.random.Generator):
-    """The official RandomGenerator: rot90 + flip with p, else a small integer-angle rotation."""
-    if rng.random() < aug.rot_flip_p:
-        k = int(rng.integers(0, 4))
-        axis = int(rng.integers(0, 2))
-        image = np.flip(np.rot90(image, k), axis=axis)
-        label = np.flip(np.rot90(label, k), axis=axis)
-    elif rng.random() < aug.rotate_p:
-        angle = int(rng.integers(-aug.rotate_degrees, aug.rotate_degrees))
-        # order 0 for the image too, as the official code does
-        image = ndimage.rotate(image, angle, order=0, reshape=False)
-        label = ndimage.rotate(label, angle, order=0, reshape=False)
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)
-
-
-def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image cubic, label nearest, to size x size (the official zoom)."""
-    h, w = image.shape
-    if (h, w) != (size, size):
-        image = ndimage.zoom(image, (size / h, size / w), order=3)
-        label = ndimage.zoom(label, (size / h, size / w), order=0)
-    return image.astype(np.float32), label
-
-
-class TrainSlices(torch.utils.data.Dataset):
-    """Training slices; an item is addressed by (epoch, index) so its augmentation is reproducible."""
-
-    def __init__(self, ds: Dataset, size: int, aug: Augmentation | None, seed: int, cache: bool = True):
-        self.ds, self.size, self.aug, self.seed = ds, size, aug, seed
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return len(self.ds.train_slices)
-
-    def _raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._cache is None:
-            return load_slice(self.ds, self.ds.train_slices[index])
-        if index not in self._cache:
-            self._cache[index] = load_slice(self.ds, self.ds.train_slices[index])
-        return self._cache[index]
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = key
-        image, label = self._raw(index)
-        if self.aug is not None:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            image, label = augment(image, label, self.aug, rng)
-        image, label = resize_pair(image, label, self.size)
-        return torch.from_numpy(image)[None], torch.from_numpy(label.astype(np.int64))
-
-
-def batch_keys(n_items: int, batch_size: int, seed: int, iteration: int) -> list[tuple[int, int]]:
-    """The (epoch, index) keys of one iteration's batch: a fresh seeded permutation per epoch.
-
-    Like a shuffling DataLoader without drop_last: the last batch of an epoch may be short.
-    """
-    steps = -(-n_items // batch_size)
-    epoch, step = divmod(iteration, steps)
-    perm = np.random.default_rng([seed, epoch, 2**31]).permutation(n_items)
-    return [(epoch, int(i)) for i in perm[step * batch_size : (step + 1) * batch_size]]
-
-
-class IterationBatches(torch.utils.data.Sampler):
-    """Yields batches of keys for iterations start..stop-1 (so resuming starts mid-epoch)."""
-
-    def __init__(self, n_items: int, batch_size: int, seed: int, start: int, stop: int):
-        self.n, self.bs, self.seed, self.start, self.stop = n_items, batch_size, seed, start, stop
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self):
-        for it in range(self.start, self.stop):
-            yield batch_keys(self.n, self.bs, self.seed, it)

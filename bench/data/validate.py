@@ -18,6 +18,7 @@ import numpy as np
 
 from bench.data.synapse import LIST_DIR
 from bench.errors import BenchError
+from bench.paths import cache_dir
 
 VERSION = 1
 
@@ -125,7 +126,6 @@ def check_volume(path: Path, num_classes: int) -> None:
 
 def validate_layout(root: Path, num_classes: int, say=print) -> None:
     """Check a Synapse-layout folder; raises BenchError naming the first bad file."""
-    from bench.data.resolve import cache_dir
 
     root = Path(root)
     train, test = _listed(root)

@@ -12,7 +12,7 @@ from rich.progress import Progress
 from bench.data.synapse import Dataset, load_volume
 from bench.engine.inference import predict_volume
 from bench.engine.metrics import evaluate_case
-from bench.engine.results import atomic_write
+from bench.files import atomic_write
 from bench.protocol import Evaluation
 
 METRICS = ("dice", "hd95", "asd", "nsd")

@@ -9,17 +9,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.files import atomic_write
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.parquet"
@@ -56,31 +56,6 @@ def find_runs(results: Path) -> list[Path]:
     return sorted(p.parent for p in Path(results).glob(f"*/*/*/seed*/{MANIFEST}"))
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results private to one user
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True, default=str)))
-
-
 def read_manifest(run_dir: Path) -> dict | None:
     path = Path(run_dir) / MANIFEST
     if not path.exists():
@@ -101,6 +76,24 @@ def read_metrics(run_dirs: list[Path]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=METRIC_COLUMNS)
     return pd.concat(frames, ignore_index=True)
+
+
+MIN_FREE_BYTES = 1 << 30
+
+
+def check_writable(results: Path) -> None:
+    """Fail before training, not after it, when results can't be written."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=results, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BenchError(f"results folder is not writable: {results} ({e.strerror})") from None
+    free = shutil.disk_usage(results).free
+    if free < MIN_FREE_BYTES:
+        raise BenchError(f"only {free / 2**20:.0f} MiB free under {results}; runs need at least 1 GiB "
+                         "for checkpoints and predictions")
 
 
 class RunLocked(Exception):

@@ -30,10 +30,10 @@ from bench.engine.results import (
     read_manifest,
     run_lock,
     run_path,
-    write_json,
     write_metrics,
 )
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
+from bench.files import write_json
 from bench.protocol import Protocol
 from models import create_model
 from models.compute import gflops
@@ -64,6 +64,11 @@ class Outcome:
     path: Path
     status: str  # complete | skipped | failed | diverged | interrupted | locked
     message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """The run's metrics are there: trained now, or complete from before."""
+        return self.status in ("complete", "skipped")
 
 
 def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
@@ -187,7 +192,7 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
 
 
 def run_jobs(
-    jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, results: Path, device: torch.device,
+    jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, results: Path, device: torch.device, *,
     force: bool, progress: Progress, keep_weights: bool = True,
 ) -> list[Outcome]:
     """Execute runs in order; runs another process holds are done last, after waiting for it."""

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from bench.data.synapse import Dataset, IterationBatches, TrainSlices
+from bench.data.sampling import IterationBatches, TrainSlices
+from bench.data.synapse import Dataset
 from bench.engine.losses import combined_loss
-from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, TRAIN_LOG, atomic_write
+from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, TRAIN_LOG
+from bench.files import atomic_write
 from bench.protocol import Protocol
 
 LOG_FIELDS = ["iteration", "loss", "ce", "dice", "lr", "seconds"]

@@ -2,7 +2,8 @@
 
 A knob that is a protocol field (``input_size``) changes the protocol, whose name then records
 it (``cpu@input_size=384``); any other knob is passed to the model factory. Every row becomes
-an ordinary run through ``runner.run_jobs``, so completed runs are reused, not retrained.
+an ordinary run through the engine's runner, so completed runs are reused, not retrained.
+``bench ablate SPEC`` runs the rows and writes a published-beside-ours table.
 """
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from bench.engine.runner import RunSpec
+from bench.data.resolve import resolve_dataset
+from bench.data.synapse import Dataset
+from bench.engine.results import check_writable, read_metrics
+from bench.engine.runner import Outcome, RunSpec
+from bench.env import pick_device
 from bench.errors import BenchError
+from bench.experiments import references
+from bench.experiments.execute import execute_jobs, say_failures
+from bench.experiments.options import RunOptions
 from bench.protocol import Protocol, load_protocol, load_yaml_model
 from models import is_model, list_models
 
@@ -83,3 +91,47 @@ def jobs(rows: list[Row], seeds: list[int], lr: float | None = None) -> list[tup
         for seed in seeds:
             out.append((RunSpec(row.model, seed, rate, source, knobs=dict(row.knobs)), row.protocol))
     return out
+
+
+def run_rows(rows: list[Row], seeds: list[int], ds: Dataset, opts: RunOptions) -> tuple[dict, list[Outcome]]:
+    """Every row x seed as a run: {row name: its metrics under the row's convention}, and the failures."""
+    outcomes = execute_jobs(jobs(rows, seeds), ds, pick_device(opts.device), opts)
+    per_row, failed = {}, []
+    for row in rows:
+        label = RunSpec(row.model, 0, 0.0, "", knobs=dict(row.knobs)).label
+        mine = [o for o in outcomes if o.run.model == label and o.run.protocol == row.protocol.name]
+        failed += [o for o in mine if not o.ok]
+        ok = [o.path for o in mine if o.ok]
+        if ok:
+            m = read_metrics(ok)
+            per_row[row.name] = m[m["convention"] == row.protocol.evaluation.convention]
+    return per_row, failed
+
+
+def open_dataset(dataset: str, opts: RunOptions) -> Dataset:
+    """The dataset of an experiment, after checking that results can be written."""
+    check_writable(opts.results)
+    return resolve_dataset(dataset, say=opts.say, data_root=opts.data_root, fold=opts.fold)
+
+
+def ablate(spec_path: Path, opts: RunOptions) -> int:
+    """``bench ablate SPEC``: the spec's rows as runs, then its table; returns the exit status."""
+    return run_ablation(load_spec(spec_path), Path(spec_path).stem, opts)
+
+
+def run_ablation(spec: AblationSpec, name: str, opts: RunOptions) -> int:
+    rows = expand(spec, opts.protocol, opts.iterations)
+    seeds = opts.seeds or spec.seeds or list(rows[0].protocol.seeds)
+    ds = open_dataset(opts.dataset or spec.dataset, opts)
+    per_row, failed = run_rows(rows, seeds, ds, opts)
+    reference = references.load_reference(spec.mirrors) if spec.mirrors else \
+        {"rows": [], "source": "none", "dataset": "-"}
+    ours = {r: references.row_values(m) for r, m in per_row.items()}
+    table = references.build_table(reference, ours, {r: r for r in ours}, all_published=False)
+    base = rows[0].protocol
+    proto_name = base.name.split("@")[0]
+    note = references.caveat(reference, proto_name, base.hash(), ds.name, base.evaluation.convention, seeds)
+    title = f"Ablation {name}: {spec.knob or 'variant'} ({spec.base})"
+    out = opts.reports / ds.name / proto_name / "ablations" / name
+    references.write_comparison(table, reference, title, note, out, opts.console)
+    return say_failures(failed, opts.say)

@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from rich.console import Console
+from rich.table import Table
 
 from bench.errors import BenchError
+from bench.files import atomic_write
+from bench.report.markdown import markdown_table
 
 REFERENCE_DIR = Path(__file__).parent / "published"
 
@@ -130,8 +134,24 @@ def build_table(reference: dict, ours: dict[str, dict[str, tuple[float, float]]]
 
 def render_markdown(table: pd.DataFrame, title: str, note: str, source: str) -> str:
     cols = [c.upper() if c in ("dsc", "hd95") else c for c in table.columns]
-    lines = [f"# {title}", "", note, "", f"Published values: {source}.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        lines.append("| " + " | ".join(str(v) for v in r.tolist()) + " |")
+    rows = [[str(v) for v in r.tolist()] for _, r in table.iterrows()]
+    lines = [f"# {title}", "", note, "", f"Published values: {source}.", "", *markdown_table(cols, rows)]
     return "\n".join(lines) + "\n"
+
+
+def write_comparison(table: pd.DataFrame, reference: dict, title: str, note: str, out: Path,
+                     console: Console) -> Path:
+    """``table.md`` and ``table.csv`` under ``out``, and a narrow version on the console."""
+    md = render_markdown(table, title, note, reference["source"])
+    atomic_write(out / "table.md", lambda p: p.write_text(md))
+    atomic_write(out / "table.csv", lambda p: table.to_csv(p, index=False))
+    shown = ["row", "source", "dsc", "hd95"]  # the organs are in the files; a terminal is narrow
+    t = Table(title=title, title_justify="left")
+    for c in shown:
+        t.add_column(c.upper() if c in ("dsc", "hd95") else c, justify="left" if c in ("row", "source") else "right")
+    for _, r in table.iterrows():
+        t.add_row(*[str(r[c]) for c in shown], style={"published": "dim", "difference": "italic"}.get(r["source"]))
+    console.print(t)
+    console.print(note)
+    console.print(f"table written to {out / 'table.md'} and table.csv")
+    return out / "table.md"

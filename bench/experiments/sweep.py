@@ -2,40 +2,21 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import Progress
 
 from bench.data.resolve import resolve_dataset
-from bench.engine.results import RunId, read_metrics, run_path
-from bench.engine.runner import RunSpec, check_conflict, config_key, run_config, run_jobs
+from bench.engine.results import RunId, check_writable, read_metrics, run_path
+from bench.engine.runner import RunSpec, check_conflict, config_key, run_config
 from bench.engine.train import Interrupted
 from bench.env import pick_device
 from bench.errors import BenchError
+from bench.experiments.execute import execute_jobs, say_failures
+from bench.experiments.options import RunOptions
 from bench.protocol import load_protocol
 from bench.report.console import render_rich, summary_table, write_summary
 from models import is_model, list_models
-
-MIN_FREE_BYTES = 1 << 30
-
-
-def _check_writable(results: Path) -> None:
-    """Fail before training, not after it, when results can't be written."""
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=results, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise BenchError(f"results folder is not writable: {results} ({e.strerror})") from None
-    free = shutil.disk_usage(results).free
-    if free < MIN_FREE_BYTES:
-        raise BenchError(f"only {free / 2**20:.0f} MiB free under {results}; runs need at least 1 GiB "
-                         "for checkpoints and predictions")
 
 
 def _parse_lr(lr: str | float | None) -> float | None:
@@ -70,14 +51,11 @@ def _describe_lrs(lrs: dict[str, tuple[float, str]]) -> str:
     return ", ".join(f"{m} {value:g} ({source})" for m, (value, source) in lrs.items())
 
 
-def sweep(
-    models: list[str], dataset: str, protocol: str, seeds: list[str], results: Path, reports: Path,
-    lr: str | float | None, iterations: int | None, checkpoint_every: int | None, weights: dict[str, str],
-    device: str, force: bool, console: Console, progress: Progress,
-    data_root: Path | None = None, fold: int | None = None, storage: str | None = None,
-    studies: list[str] | None = None, keep_weights: bool = True,
-) -> int:
+def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, weights: dict[str, str] | None = None,
+          storage: str | None = None, studies: list[str] | None = None) -> int:
     """Run the sweep; returns the exit status (0 when every run completed or was reused)."""
+    weights = weights or {}
+    console = opts.console
     if not models:
         raise BenchError("--models is empty; valid models: " + ", ".join(list_models()))
     for m in models + list(weights):
@@ -86,29 +64,26 @@ def sweep(
     for m, path in weights.items():
         if not Path(path).is_file():
             raise BenchError(f"--weights {m}: file not found: {path}")
-    try:
-        seed_list = [int(s) for s in seeds]
-    except ValueError:
-        raise BenchError(f"--seeds expects comma-separated integers, got '{','.join(seeds)}'") from None
-    proto = load_protocol(protocol).override(iterations=iterations, checkpoint_every=checkpoint_every)
-    seed_list = seed_list or list(proto.seeds)
+    proto = load_protocol(opts.protocol or "cpu").override(iterations=opts.iterations,
+                                                           checkpoint_every=opts.checkpoint_every)
+    seed_list = opts.seeds or list(proto.seeds)
     tuned = isinstance(lr, str) and lr.strip().lower() == "tuned"
     if (storage or studies) and not tuned:
         raise BenchError("--storage and --study choose a tuning study: use them with --lr tuned")
     fixed = None if tuned else _parse_lr(lr)
-    _check_writable(results)
-    ds = resolve_dataset(dataset, say=console.print, data_root=data_root, fold=fold)
-    dev = pick_device(device)
+    check_writable(opts.results)
+    ds = resolve_dataset(opts.dataset or "synthetic", say=console.print, data_root=opts.data_root, fold=opts.fold)
+    dev = pick_device(opts.device)
     if tuned:
-        lrs = _tuned_lrs(models, ds, proto, results, storage, studies or [], console.print)
+        lrs = _tuned_lrs(models, ds, proto, opts.results, storage, studies or [], console.print)
     else:
         lrs = {m: (fixed, "flag --lr") if fixed is not None else (proto.effective_lr(), f"protocol {proto.name}")
                for m in models}
 
     specs = [RunSpec(m, s, *lrs[m], weights.get(m)) for m in models for s in seed_list]
-    if not force:  # refuse before any training rather than after an hour of it
+    if not opts.force:  # refuse before any training rather than after an hour of it
         for spec in specs:
-            run = run_path(results, RunId(ds.name, proto.name, spec.label, spec.seed))
+            run = run_path(opts.results, RunId(ds.name, proto.name, spec.label, spec.seed))
             msg = check_conflict(run, config_key(run_config(spec, proto, ds)))
             if msg:
                 raise BenchError(msg)
@@ -117,27 +92,25 @@ def sweep(
                   f"({len(ds.train_slices)} training slices, {len(ds.test_cases)} test cases), "
                   f"device {dev}, lr {_describe_lrs(lrs)}, seeds {seed_list}")
     try:
-        outcomes = run_jobs([(spec, proto) for spec in specs], ds, results, dev, force, progress,
-                            keep_weights=keep_weights)
+        outcomes = execute_jobs([(spec, proto) for spec in specs], ds, dev, opts)
     except Interrupted as e:
         console.print(f"[yellow]interrupted[/]: {e}; run the same command again to resume")
         return 130
 
-    done = [o.path for o in outcomes if o.status in ("complete", "skipped")]
+    done = [o.path for o in outcomes if o.ok]
     if done:
         metrics = read_metrics(done)
         table = summary_table(metrics[metrics["convention"] == proto.evaluation.convention])
         title = (f"{ds.name} / protocol {proto.name} ({proto.hash()}) / convention "
                  f"{proto.evaluation.convention}: DSC % and HD95, mean over cases and seeds")
         console.print(render_rich(table, title, console.width))
-        md = reports / ds.name / proto.name / "summary.md"
+        md = opts.reports / ds.name / proto.name / "summary.md"
         write_summary(table, f"# {title}", md)
         console.print(f"table written to {md}")
-    bad = [o for o in outcomes if o.status not in ("complete", "skipped")]
-    for o in bad:
-        console.print(f"[red]{o.status}[/]: {o.run.model} seed {o.run.seed}: {o.message}")
-    _report(results, reports, [o.path for o in outcomes], console, f"--dataset {ds.name} --protocol {proto.name}")
-    return 1 if bad else 0
+    code = say_failures(outcomes, console.print)
+    _report(opts.results, opts.reports, [o.path for o in outcomes], console,
+            f"--dataset {ds.name} --protocol {proto.name}")
+    return code
 
 
 def _report(results: Path, reports: Path, runs: list[Path], console: Console, select: str) -> None:

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.engine.results import atomic_write
 from bench.errors import BenchError
+from bench.files import atomic_write
 from bench.report import plots as P
 from bench.report import stats
 from bench.report import tables as T

@@ -13,8 +13,9 @@ import pandas as pd
 from rich.console import Group
 from rich.table import Table
 
-from bench.engine.results import atomic_write
 from bench.errors import BenchError
+from bench.files import atomic_write
+from bench.report.markdown import markdown_table
 
 
 def seed_organ_means(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -101,10 +102,8 @@ def render_rich(table: pd.DataFrame, title: str, width: int = 80) -> Group:
 
 def render_markdown(table: pd.DataFrame, header: str) -> str:
     cols = ["model", *map(str, table.columns)]
-    lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for model in table.index:
-        lines.append("| " + " | ".join([str(model), *[_fmt(table[c][model]) for c in table.columns]]) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[str(model), *[_fmt(table[c][model]) for c in table.columns]] for model in table.index]
+    return "\n".join([header, "", *markdown_table(cols, rows)]) + "\n"
 
 
 def _fmt(v) -> str:

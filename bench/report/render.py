@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 import re
 
+from bench.report.markdown import markdown_table
 from bench.report.tables import Table
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -12,15 +13,7 @@ _UNICODE_MATH = {"±": r"$\pm$", "–": "--", "…": r"\dots{}", "≥": r"$\geq$
 
 
 def markdown(t: Table, level: int = 3) -> str:
-    def cell(i: int, j: int, text: str) -> str:
-        text = text.replace("|", "\\|")
-        return f"**{text}**" if (i, j) in t.bold and text != "-" else text
-
-    lines = [f"{'#' * level} {t.title}", "", "| " + " | ".join(t.header) + " |",
-             "|" + "|".join("---:" if j in t.numeric else "---" for j in range(len(t.header))) + "|"]
-    lines += ["| " + " | ".join(cell(i, j, c) for j, c in enumerate(row)) + " |" for i, row in enumerate(t.rows)]
-    if not t.rows:
-        lines.append("| " + " | ".join(["(none)"] + [""] * (len(t.header) - 1)) + " |")
+    lines = [f"{'#' * level} {t.title}", "", *markdown_table(t.header, t.rows, t.numeric, t.bold)]
     if t.note:
         lines += ["", f"*{t.note}*"]
     return "\n".join(lines) + "\n"

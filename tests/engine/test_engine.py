@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.data.synapse import augment, batch_keys
+from bench.data.sampling import augment, batch_keys
 from bench.engine.inference import predict_volume
 from bench.engine.losses import combined_loss, dice_loss
-from bench.engine.results import RunId, RunLocked, atomic_write, parse_run_path, run_lock, run_path
+from bench.engine.results import RunId, RunLocked, parse_run_path, run_lock, run_path
 from bench.engine.train import poly_lr
+from bench.files import atomic_write
 from bench.protocol import Augmentation
 
 

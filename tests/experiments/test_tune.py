@@ -26,6 +26,7 @@ import bench.engine.evaluation
 from bench.data.synapse import case_of
 from bench.engine.train import Diverged
 from bench.errors import BenchError
+from bench.experiments.options import RunOptions
 from bench.experiments.tune import search as tune_mod
 from bench.experiments.tune.search import TrialSeededTPE, tune
 from bench.experiments.tune.studies import display_url, load_or_create_study, open_storage, study_name, tuned_lr
@@ -53,16 +54,15 @@ def study(tiny_dataset, tmp_path_factory):
     return out, storage, res
 
 
-def _quiet() -> tuple[Console, Progress]:
+def _quiet(dataset: Path, results: Path, **changes) -> RunOptions:
+    """Options of a smoke-protocol command on the CPU whose output goes nowhere."""
     console = Console(file=io.StringIO(), width=200)
-    return console, Progress(console=console)
+    return RunOptions(protocol="smoke", dataset=str(dataset), results=results, device="cpu", console=console,
+                      progress=Progress(console=console), **changes)
 
 
 def _tune(dataset: Path, results: Path, models=(MODEL,), trials: int = 1, storage: str | None = None) -> int:
-    console, progress = _quiet()
-    return tune(models=list(models), dataset=str(dataset), protocol="smoke", results=results, storage=storage,
-                studies=[], n_trials=trials, timeout=None, search_space="lr", lr_min=None, lr_max=None,
-                iterations=None, device="cpu", console=console, progress=progress)
+    return tune(list(models), _quiet(dataset, results), n_trials=trials, storage=storage)
 
 
 def test_a_short_study_completes(study):
@@ -130,11 +130,8 @@ def test_tuned_lr_errors_are_clear(study, tiny_dataset, tmp_path):
     out, storage, _ = study
 
     def run(**kwargs):
-        console, progress = _quiet()
-        args = dict(models=[MODEL], dataset=str(tiny_dataset), protocol="smoke", seeds=[], results=tmp_path / "r",
-                    reports=tmp_path / "rep", lr="tuned", iterations=None, checkpoint_every=None, weights={},
-                    device="cpu", force=False, console=console, progress=progress) | kwargs
-        return sweep(**args)
+        args = dict(lr="tuned") | kwargs
+        return sweep([MODEL], _quiet(tiny_dataset, tmp_path / "r", reports=tmp_path / "rep"), **args)
 
     with pytest.raises(BenchError, match="no study 'nope'.*studies there: S"):
         run(storage=storage, studies=["nope"])
@@ -269,9 +266,6 @@ def test_bad_tune_input_is_refused(tiny_dataset, tmp_path):
              ({"search_space": "lr,momentum"}, "--search"), ({"lr_min": 0.5, "lr_max": 0.1}, "lr_min"),
              ({"studies": ["a", "b"]}, "one study per model"))
     for kwargs, message in cases:
-        console, progress = _quiet()
-        args = dict(models=[MODEL], dataset=str(tiny_dataset), protocol="smoke", results=tmp_path, storage=None,
-                    studies=[], n_trials=1, timeout=None, search_space="lr", lr_min=None, lr_max=None,
-                    iterations=None, device="cpu", console=console, progress=progress) | kwargs
+        models = kwargs.pop("models", [MODEL])
         with pytest.raises(BenchError, match=message):
-            tune(**args)
+            tune(models, _quiet(tiny_dataset, tmp_path), **(dict(n_trials=1) | kwargs))

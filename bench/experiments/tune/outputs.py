@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from bench.engine.results import atomic_write, write_json
+from bench.files import atomic_write, write_json
 
 TRIALS = "trials.csv"
 HISTORY = "history.png"

@@ -30,10 +30,11 @@ from bench.data.resolve import resolve_dataset
 from bench.data.splits import validation_view
 from bench.data.synapse import Dataset, case_of
 from bench.engine.evaluation import evaluate_model
-from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, write_json
+from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
 from bench.env import pick_device
 from bench.errors import BenchError
+from bench.experiments.options import RunOptions
 from bench.experiments.tune.studies import (
     default_storage_url,
     display_url,
@@ -42,6 +43,7 @@ from bench.experiments.tune.studies import (
     study_dir,
     study_name,
 )
+from bench.files import write_json
 from bench.protocol import Protocol, load_protocol
 from models import create_model, is_model, list_models
 
@@ -275,12 +277,9 @@ def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def tune(
-    models: list[str], dataset: str, protocol: str, results: Path, storage: str | None, studies: list[str],
-    n_trials: int, timeout: float | None, search_space: str, lr_min: float | None, lr_max: float | None,
-    iterations: int | None, device: str, console, progress, data_root: Path | None = None,
-    fold: int | None = None,
-) -> int:
+def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: float | None = None,
+         search_space: str = "lr", lr_min: float | None = None, lr_max: float | None = None,
+         storage: str | None = None, studies: list[str] | None = None) -> int:
     """Add ``n_trials`` trials to each model's study; returns the exit status.
 
     Every model gets the same protocol, validation split and trial count (equal budgets).
@@ -300,13 +299,14 @@ def tune(
     if studies and len(studies) != len(models):
         raise BenchError(f"--study names one study per model: {len(studies)} names for {len(models)} models")
     params = parse_search(search_space)
-    proto = load_protocol(protocol)
+    console, progress, results = opts.console, opts.progress, opts.results
+    proto = load_protocol(opts.protocol or "cpu")
     ranges = {k: v for k, v in (("lr_min", lr_min), ("lr_max", lr_max)) if v is not None}
-    proto = proto.override(iterations=iterations, tuning=proto.tuning.model_dump() | ranges if ranges else None)
-    ds = resolve_dataset(dataset, say=console.print, data_root=data_root, fold=fold)
+    proto = proto.override(iterations=opts.iterations, tuning=proto.tuning.model_dump() | ranges if ranges else None)
+    ds = resolve_dataset(opts.dataset or "synthetic", say=console.print, data_root=opts.data_root, fold=opts.fold)
     view = tuning_view(ds, proto)
     url = storage or default_storage_url(results)
-    dev = pick_device(device)
+    dev = pick_device(opts.device)
     t = proto.tuning
     console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/]: training on "
                   f"{len(view.train_slices)} slices, validating on {', '.join(view.test_cases)} (held-out "

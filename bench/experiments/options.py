@@ -1,0 +1,59 @@
+"""The options every training command shares, as one object.
+
+``bench run``, ``bench ablate``, ``bench paper`` and ``bench tune`` build one ``RunOptions`` in
+``cli.py`` and pass it down, instead of threading a dozen parameters through every layer. A
+field left at ``None`` means "the command's default" (the protocol's seeds, an ablation spec's
+dataset, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def training_progress(console: Console) -> Progress:
+    """The progress bar of training and evaluation: iteration, loss, LR, elapsed time and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+    )
+
+
+@dataclass
+class RunOptions:
+    """Where runs come from and go to, and how they are executed."""
+
+    protocol: str | None = None  # a shipped name or a YAML file
+    dataset: str | None = None  # see ``bench.data.resolve.resolve_dataset``
+    data_root: Path | None = None
+    fold: int | None = None
+    seeds: list[int] = field(default_factory=list)  # empty: the protocol's (or an ablation spec's)
+    results: Path = Path("results")
+    reports: Path = Path("reports")
+    iterations: int | None = None  # overrides the protocol's budget
+    checkpoint_every: int | None = None
+    device: str = "auto"
+    force: bool = False  # redo completed runs
+    keep_weights: bool = True  # keep model.pt of completed runs
+    console: Console = field(default_factory=Console)
+    progress: Progress | None = None  # default: ``training_progress(console)``
+
+    def __post_init__(self) -> None:
+        if self.progress is None:
+            self.progress = training_progress(self.console)
+        self.results, self.reports = Path(self.results), Path(self.reports)
+
+    @property
+    def say(self):
+        return self.console.print
