@@ -1,5 +1,6 @@
 """Sessions run inside the project's environment (install it first, as the README says).
 
+    nox -s lint      ruff over the whole checkout (CI runs it before the tests)
     nox -s tests     the test suite (what CI runs)
     nox -s demo      the main job: bench run --models swinunet,unet
     nox -s slow      reference tests marked slow
@@ -7,7 +8,12 @@
 """
 import nox
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["lint", "tests"]
+
+
+@nox.session(venv_backend="none")
+def lint(session):
+    session.run("ruff", "check", ".", *session.posargs)
 
 
 @nox.session(venv_backend="none")

@@ -1,0 +1,1 @@
+"""Data: resolving ``--dataset``, reading and writing the Synapse layout, sampling, splits, imports."""

@@ -1,0 +1,1 @@
+"""``bench tune``: the Optuna learning-rate search, its studies and its outputs."""
