@@ -33,9 +33,12 @@ def _csv(value: str | None) -> list[str]:
 def _seeds(value: str | None) -> list[int]:
     """``--seeds 0,1`` as integers; empty means the protocol's (or a spec's) seeds."""
     try:
-        return [int(v) for v in _csv(value)]
+        seeds = [int(v) for v in _csv(value)]
     except ValueError:
         raise BenchError(f"--seeds expects comma-separated integers, got '{value}'") from None
+    if any(s < 0 for s in seeds):
+        raise BenchError(f"--seeds: seeds are integers >= 0, got '{value}'")
+    return seeds
 
 
 def _parse_weights(items: list[str]) -> dict[str, str]:
@@ -73,13 +76,15 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the full report (HTML, plots, "
+                                "statistics) after the runs; the summary table is printed either way."),
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.experiments.sweep import sweep
 
     opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, fold=fold, seeds=_seeds(seeds),
                       results=results, reports=reports, iterations=iterations, checkpoint_every=checkpoint_every,
-                      device=device, force=force, keep_weights=keep_weights, console=console)
+                      device=device, force=force, keep_weights=keep_weights, report=report, console=console)
     raise typer.Exit(sweep(_csv(models), opts, lr=lr, weights=_parse_weights(weights), storage=storage,
                            studies=_csv(study)))
 
@@ -127,7 +132,7 @@ def models_cmd(
     device: str = typer.Option("auto", help="Device for --measure: auto, cpu or cuda."),
 ) -> None:
     """List registered models with parameters and forward GFLOPs per image (and, with --measure,
-    training speed). A multiply-add counts as 2 FLOPs."""
+    training speed). A multiply-add counts as 2 FLOPs. Exit status 1 if a model cannot be built."""
     from rich.table import Table
 
     from bench.env import pick_device
@@ -143,6 +148,7 @@ def models_cmd(
     table = Table(title=f"models at {img_size} x {img_size}, {num_classes} classes{where}")
     for column in ["name", "parameters", "GFLOPs", *(["images/s", memory] if measure else [])]:
         table.add_column(column, justify="left" if column == "name" else "right")
+    failed = 0
     for name in names:
         try:
             model = create_model(name, num_classes=num_classes, img_size=img_size)
@@ -154,9 +160,13 @@ def models_cmd(
             table.add_row(*row)
         except Exception as e:  # a model that can't be built at this size is a row, not a crash
             table.add_row(name, f"[red]{type(e).__name__}: {e}[/]")
+            failed += 1
         finally:
             model = None  # free it before the next one
     console.print(table)
+    if failed:
+        err_console.print(f"[red]{failed} of {len(names)} models could not be built[/]", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -327,4 +337,11 @@ def main() -> None:
         app()  # standalone: click prints usage errors with their hint and exits 2
     except (BenchError, UnknownModelError) as e:
         err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:
+        # A file the user named or a folder the user pointed at (read-only, missing, full disk):
+        # one line naming it. An OSError without a file name is not about user input: a bug.
+        if e.filename is None:
+            raise
+        err_console.print(f"[red]error:[/] {e.filename}: {e.strerror or e}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -27,12 +27,14 @@ from bench.engine.results import (
     TRAIN_LOG,
     RunId,
     RunLocked,
+    metrics_problem,
     read_manifest,
     run_lock,
     run_path,
     write_metrics,
 )
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
+from bench.errors import BenchError
 from bench.files import write_json
 from bench.protocol import Protocol
 from models import create_model
@@ -131,7 +133,12 @@ def execute(
     try:
         old = read_manifest(run_dir)
         if old and old.get("status") == "complete" and old.get("key") == key and (not force or wait):
-            return Outcome(run, run_dir, "skipped", "already complete")
+            problem = metrics_problem(run_dir)
+            if problem is None:
+                return Outcome(run, run_dir, "skipped", "already complete")
+            # complete no more: evaluated again from model.pt (trained again only if it is gone)
+            again = "evaluating it again" if (run_dir / FINAL_WEIGHTS).is_file() else "training it again"
+            say(f"[yellow]{run_dir / METRICS} {problem}: {again}[/]")
         if force or (old and old.get("key") != key):
             _clear(run_dir)  # other settings: a checkpoint from them must not be resumed
         out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, old or {})
@@ -182,7 +189,7 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
     except Diverged as e:
         status, message = "diverged", str(e)
     except Exception as e:  # one model's failure must not end the sweep
-        status, message = "failed", f"{type(e).__name__}: {e}"
+        status, message = "failed", str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         manifest["traceback"] = traceback.format_exc(limit=8)
     manifest.update(status=status, error=message or None, wall_seconds=round(time.perf_counter() - t0, 2),
                     finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -46,6 +46,7 @@ class RunOptions:
     device: str = "auto"
     force: bool = False  # redo completed runs
     keep_weights: bool = True  # keep model.pt of completed runs
+    report: bool = True  # bench run: write the full report after the runs
     console: Console = field(default_factory=Console)
     progress: Progress | None = None  # default: ``training_progress(console)``
 
