@@ -160,3 +160,8 @@ def test_a_report_that_cannot_be_written_fails_the_command(bench, resume_protoco
     assert code == 1, out + err
     assert "swinunet-nano seed 0: complete" in out and "Traceback" not in out + err
     assert "report not written" in out and "retry with `bench report" in out
+
+
+def test_an_os_error_on_a_path_the_user_gave_is_one_line(bench):
+    code, _, err = bench("data", "synth", "--out", "/dev/null/synthetic")
+    _one_line(code, err, "error: /dev/null")
