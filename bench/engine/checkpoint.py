@@ -60,9 +60,14 @@ def capture_rng(device: torch.device) -> dict:
 
 
 def restore_rng(state: dict, device: torch.device) -> None:
-    """Put back the streams :func:`capture_rng` saved (older checkpoints saved only torch's)."""
+    """Put back the streams :func:`capture_rng` saved (older checkpoints saved only torch's).
+
+    A checkpoint written on a CPU and resumed on a GPU has no CUDA state: the CUDA stream then
+    starts from the run's seed (a resume across devices is never bit-identical anyway).
+    """
     if "rng" not in state:  # written before numpy and Python's streams were kept
-        torch.set_rng_state(state["torch_rng"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return
@@ -72,10 +77,7 @@ def restore_rng(state: dict, device: torch.device) -> None:
     np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = rng["python"]
     random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
-    if device.type == "cuda":
-        if "cuda" not in rng:
-            raise BenchError("this checkpoint was written on a CPU; resuming it on a GPU would not continue "
-                             "the same random streams (use --device cpu, or --force to start again)")
+    if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
@@ -152,7 +154,8 @@ def check_safe(path: Path) -> str | None:
         if code:
             raise _refuse(path, f"a pickle that imports or calls objects ({', '.join(code)})")
         return problem
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    unsafe = scan(str(path)) if scan is not None else []  # else torch.load(weights_only=True) refuses them
     if unsafe:
         raise _refuse(path, f"it asks for {', '.join(sorted(unsafe)[:4])}, not only tensors and numbers")
     return None

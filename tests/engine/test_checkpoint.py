@@ -61,6 +61,16 @@ def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path: Path
     assert not marker.exists()
 
 
+def test_without_the_static_scan_weights_only_loading_still_refuses(tmp_path: Path, monkeypatch):
+    """torch < 2.5 has no get_unsafe_globals_in_checkpoint: torch.load(weights_only=True) is the barrier."""
+    monkeypatch.delattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
+    marker = tmp_path / "marker"
+    torch.save({"model": {}, "optimizer": {}, "iteration": 1, "x": _Planted(marker)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ck.UnsafeCheckpoint, match="refused to load"):
+        ck.load_checkpoint(tmp_path, say=pytest.fail)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("damage, why", [
     ("truncated", "not a whole checkpoint archive"),
     ("empty", "not a whole checkpoint archive"),
