@@ -33,10 +33,13 @@ def save_prediction(run_dir: Path, case: str, pred: np.ndarray) -> None:
 
 
 def load_prediction(run_dir: Path, case: str) -> np.ndarray:
+    """A saved prediction; FileNotFoundError if there is none, a BenchError naming a damaged one."""
     path = run_dir / PRED_DIR / f"{case}.npz"
     try:
         with np.load(path, allow_pickle=False) as f:
             return f["pred"]
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated, torn, not ours
         raise BenchError(f"{path}: unreadable prediction ({type(e).__name__}: {e})") from None
 
