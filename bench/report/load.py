@@ -106,7 +106,8 @@ def mismatch_message(cohorts: list[dict], hint: bool = True) -> str:
     sides = []
     for c in cohorts:
         who = "; ".join(f"{m} seed{'s' if len(s) > 1 else ''} {','.join(map(str, s))}" for m, s in c["runs"].items())
-        sides.append(f"{c['dataset']}/{c['protocol']} hash {c['protocol_hash']} convention {c['convention']} ({who})")
+        sides.append(f"{c['dataset']}/{c['protocol']} hash {c['protocol_hash']} {c['precision']} convention "
+                     f"{c['convention']} ({who})")
     text = f"runs differ in {', '.join(differ)} and are not comparable: " + " | ".join(sides)
     if hint:
         text += (". Select one with --dataset / --protocol / --convention, or pass --allow-mixed to show "

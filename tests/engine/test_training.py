@@ -76,6 +76,9 @@ def test_runs_made_before_the_new_keys_keep_their_identity(ds):
     assert same_run(manifest, config_key(config))
     # on CUDA such a run trained under fp16 autocast: never taken for today's fp32 run
     assert not same_run(manifest | {"device": "cuda:0"}, config_key(config))
+    assert numerics.precision_of(manifest | {"device": "cuda:0"}) == "fp16" == numerics.precision_of(
+        {"precision": "fp16"})
+    assert numerics.precision_of(manifest) == "fp32"
     assert same_run(manifest | {"device": "cuda:0", "protocol": config["protocol"]}, config_key(config))
     bf16 = run_config(RunSpec("unet", 0, 0.01, "protocol smoke"), load_protocol("smoke").override(precision="bf16"), ds)
     assert config_key(bf16) != config_key(config)
