@@ -14,8 +14,9 @@ Each (pipeline, workers) measurement runs in a fresh child process; the parent s
 that child and all its descendants (``bench.engine.memory.tree_pss_mb``, as run manifests do) every
 100 ms and keeps the peak.
 Samples/s are counted after the first batch (worker start-up excluded) over ``--epochs`` epochs.
-Every measurement is repeated ``--repeats`` times after one untimed warm-up pass over the files
-(so that every pipeline finds them in the page cache); the median is printed.
+Every measurement is repeated ``--repeats`` times, the pipelines taking turns, after one untimed
+warm-up pass over the files (so that every pipeline finds them in the page cache); the median is
+printed, with the load average, since samples/s depend on what else the machine runs.
 
     python benchmarks/bench_loader.py [--slices 600] [--size 512] [--workers 0,2,4] [--repeats 3] [--previous]
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -139,7 +141,8 @@ def _loader(kind: str, root: Path, workers: int, epochs: int):
 
 
 class PreviousSlices(TrainSlices):
-    """The dict cache the pipeline had before: every slice read is kept, in every worker."""
+    """The pipeline as it was before: every slice read kept in a dict (float32 image, int64 label), in
+    every worker."""
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
@@ -147,15 +150,19 @@ class PreviousSlices(TrainSlices):
 
     def _raw(self, index: int):
         if index not in self._cache:
-            self._cache[index] = super()._raw(index)
+            image, label = super()._raw(index)
+            self._cache[index] = image, label.astype(np.int64)
         return self._cache[index]
 
 
 def child(kind: str, root: Path, workers: int, epochs: int) -> None:
     """Run one pipeline for ``epochs`` epochs; print samples/s (after the first batch) as JSON."""
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="This DataLoader will create")  # more workers than cores: on purpose
     batches = _loader(kind, root, workers, epochs)
     first = next(batches)
     n = 0
@@ -223,17 +230,23 @@ def main() -> None:
             make_slices(root, args.slices, args.size)
             print(f"wrote {args.slices} slices of {args.size} x {args.size} in {time.perf_counter() - t:.0f} s")
         warm_page_cache(root)
-        print(f"machine: {cpu_name()}; {args.slices} slices of {args.size} x {args.size} -> batches of {BATCH} "
+        print(f"machine: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+              f"{args.slices} slices of {args.size} x {args.size} -> batches of {BATCH} "
               f"at {INPUT}, {args.epochs} epochs per measurement, median of {args.repeats}")
         rows = {}
         for w in workers:
+            runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+            for _ in range(args.repeats):  # interleaved: a load change on a shared machine hits every pipeline
+                for kind in kinds:
+                    runs[kind].append(measure(kind, root, w, args.epochs))
             for kind in kinds:
-                runs = [measure(kind, root, w, args.epochs) for _ in range(args.repeats)]
-                rows[kind, w] = {k: statistics.median(r[k] for r in runs) for k in ("samples_per_s", "peak_pss_mb")}
+                rows[kind, w] = {k: statistics.median(r[k] for r in runs[kind])
+                                 for k in ("samples_per_s", "peak_pss_mb")}
                 print(f"  {kind:8s} workers {w}: {rows[kind, w]['samples_per_s']:6.1f} samples/s, peak PSS "
                       f"{rows[kind, w]['peak_pss_mb']:7.0f} MB  (runs: "
-                      + ", ".join(f"{r['samples_per_s']:.1f}/{r['peak_pss_mb']:.0f}" for r in runs) + ")",
+                      + ", ".join(f"{r['samples_per_s']:.1f}/{r['peak_pss_mb']:.0f}" for r in runs[kind]) + ")",
                       flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print()
     print("| workers | " + " | ".join(f"{k} samples/s | {k} peak PSS (MB)" for k in kinds)
           + " | samples/s ours / official |")
