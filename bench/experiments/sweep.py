@@ -14,7 +14,6 @@ from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments.execute import execute_jobs, say_failures
 from bench.experiments.options import RunOptions
-from bench.protocol import load_protocol
 from bench.report.console import render_rich, summary_table, write_summary
 from models import is_model, list_models
 
@@ -64,8 +63,7 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
     for m, path in weights.items():
         if not Path(path).is_file():
             raise BenchError(f"--weights {m}: file not found: {path}")
-    proto = load_protocol(opts.protocol or "cpu").override(iterations=opts.iterations,
-                                                           checkpoint_every=opts.checkpoint_every)
+    proto = opts.load_protocol(iterations=opts.iterations, checkpoint_every=opts.checkpoint_every)
     seed_list = opts.seeds or list(proto.seeds)
     tuned = isinstance(lr, str) and lr.strip().lower() == "tuned"
     if (storage or studies) and not tuned:

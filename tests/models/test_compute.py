@@ -76,15 +76,40 @@ def _rows(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
+class _DtypeSpy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.dtypes: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if torch.is_grad_enabled():  # the training steps, not the class-count probe
+            self.dtypes.add(y.dtype)
+        return y
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_measure_training_runs_at_the_given_precision(precision: str, dtype: torch.dtype) -> None:
+    spy = _DtypeSpy()
+    speed = measure_training(spy, 16, batch=2, steps=1, warmup=0, device="cpu", precision=precision)
+    assert spy.dtypes == {dtype} and speed.precision == precision
+    assert speed.step_seconds > 0 and speed.images_per_second == pytest.approx(2 / speed.step_seconds)
+
+
 def test_bench_models_cli() -> None:
-    res = bench_cli("models", "transunet-t*", "--img-size", "64", "--measure", "--batch", "2", "--device", "cpu")
+    res = bench_cli("models", "transunet-t*", "--img-size", "64", "--measure", "--batch", "2", "--device", "cpu",
+                    "--protocol", "smoke", "--set", "precision=bf16")
     assert res.returncode == 0, res.stderr
     rows = _rows(res.stdout)
-    params, flops, rate, memory = rows["transunet-tiny"]
+    params, flops, step_ms, rate, memory = rows["transunet-tiny"]
     model = create_model("transunet-tiny", num_classes=9, img_size=64)
     assert params == f"{count_parameters(model):,}" and float(flops) == pytest.approx(gflops(model, 64), abs=0.01)
     assert float(rate) > 0 and re.fullmatch(r"[\d,]+ \(\+[\d,]+\)", memory)
-    assert "training batch 2 on cpu" in res.stdout
+    assert float(step_ms.replace(",", "")) == pytest.approx(2000 / float(rate), rel=0.02)
+    assert "training batch 2 on cpu in bf16" in res.stdout
+    res = bench_cli("models", "unet", "--measure", "--device", "cpu", "--protocol", "smoke", "--set", "precision=fp16")
+    assert res.returncode == 2 and "precision fp16 is not available on cpu" in res.stderr
 
     # any smp name works, and a size a model can't take is a row, not a crash
     res = bench_cli("models", "smp-linknet-resnet18", "--img-size", "80")
