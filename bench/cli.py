@@ -365,13 +365,20 @@ def protocol_show(
     typer.echo(protocol_yaml(resolve_protocol(name, sets)), nl=False)
 
 
+def _user_error(e: BaseException) -> bool:
+    """The project's own errors: ``BenchError``, and the model registry's unknown-name error
+    (looked up only if the registry was imported, so that `bench --help` does not load torch)."""
+    registry = sys.modules.get("models.registry")
+    return isinstance(e, BenchError) or (registry is not None and isinstance(e, registry.UnknownModelError))
+
+
 def main() -> None:
     """The ``bench`` entry point: usage errors as click prints them (exit 2); the project's own
     errors as one line (exit 2); anything else is a bug and keeps its traceback."""
-    from models.registry import UnknownModelError
-
     try:
         app()  # standalone: click prints usage errors with their hint and exits 2
-    except (BenchError, UnknownModelError) as e:
+    except Exception as e:
+        if not _user_error(e):
+            raise
         err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
