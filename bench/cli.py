@@ -15,6 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Benchmark and ablation harness for medical image segmentation models.")
 data_app = typer.Typer(no_args_is_help=True, help="Create or import datasets.")
 app.add_typer(data_app, name="data")
+protocol_app = typer.Typer(no_args_is_help=True, help="The shipped protocols, and any protocol resolved with --set.")
+app.add_typer(protocol_app, name="protocol")
 console = Console()
 console.soft_wrap = not console.is_terminal  # log files get whole lines, not 80-column pieces
 err_console = Console(stderr=True)
@@ -24,6 +26,12 @@ err_console = Console(stderr=True)
 KEEP_WEIGHTS = typer.Option(True, "--keep-weights/--drop-weights",
                             help="Keep each completed run's trained weights (model.pt); "
                             "--drop-weights keeps only metrics, logs and predictions.")
+# and two more, four commands (run, tune, ablate, paper)
+SETS = typer.Option([], "--set", metavar="KEY=VALUE",
+                    help="Override a protocol key, e.g. batch_size=4 or evaluation.convention=strict (repeatable). "
+                    "The result is another protocol (cpu@batch_size=4), with its own hash and run folders.")
+TRACK = typer.Option(None, "--track", help="Follow training live: tensorboard, mlflow, or tensorboard,mlflow "
+                     "(pip install 'segbench[track]').")
 
 
 def _csv(value: str | None) -> list[str]:
@@ -76,15 +84,18 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
+    sets: list[str] = SETS,
+    track: str | None = TRACK,
     report: bool = typer.Option(True, "--report/--no-report", help="Write the full report (HTML, plots, "
                                 "statistics) after the runs; the summary table is printed either way."),
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.experiments.sweep import sweep
 
-    opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, fold=fold, seeds=_seeds(seeds),
-                      results=results, reports=reports, iterations=iterations, checkpoint_every=checkpoint_every,
-                      device=device, force=force, keep_weights=keep_weights, report=report, console=console)
+    opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, data_root=data_root, fold=fold,
+                      seeds=_seeds(seeds), results=results, reports=reports, iterations=iterations,
+                      checkpoint_every=checkpoint_every, device=device, force=force, keep_weights=keep_weights,
+                      track=_csv(track), report=report, console=console)
     raise typer.Exit(sweep(_csv(models), opts, lr=lr, weights=_parse_weights(weights), storage=storage,
                            studies=_csv(study)))
 
@@ -110,14 +121,16 @@ def tune(
     search: str = typer.Option("lr", help="Parameters to search: lr, plus optionally weight_decay and batch_size."),
     iterations: int | None = typer.Option(None, help="Override the protocol's iteration budget."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    sets: list[str] = SETS,
+    track: str | None = TRACK,
 ) -> None:
     """Search each model's base learning rate with Optuna, scored on held-out training cases."""
     from bench.experiments.tune.search import tune as run_tune
 
     if model and models:
         raise BenchError("give either --model or --models, not both")
-    opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, fold=fold, results=results,
-                      iterations=iterations, device=device, console=console)
+    opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, data_root=data_root, fold=fold, results=results,
+                      iterations=iterations, device=device, track=_csv(track), console=console)
     raise typer.Exit(run_tune(_csv(model or models), opts, n_trials=trials, timeout=timeout, search_space=search,
                               lr_min=lr_min, lr_max=lr_max, storage=storage, studies=_csv(study)))
 
@@ -130,12 +143,18 @@ def models_cmd(
     measure: bool = typer.Option(False, help="Also time training steps (images/s) and peak memory."),
     batch: int = typer.Option(4, help="Batch size for --measure."),
     device: str = typer.Option("auto", help="Device for --measure: auto, cpu or cuda."),
+    protocol: str | None = typer.Option(None, help="With --measure: train at this protocol's precision "
+                                           "(default: fp32)."),
+    sets: list[str] = SETS,
 ) -> None:
     """List registered models with parameters and forward GFLOPs per image (and, with --measure,
-    training speed). A multiply-add counts as 2 FLOPs. Exit status 1 if a model cannot be built."""
+    training step time, speed and peak memory). A multiply-add counts as 2 FLOPs. Exit status 1 if
+    a model cannot be built."""
     from rich.table import Table
 
+    from bench.engine.numerics import check_precision
     from bench.env import pick_device
+    from bench.protocol import resolve_protocol
     from models import create_model, is_model, list_models
     from models.compute import count_parameters, gflops, measure_training
 
@@ -143,10 +162,13 @@ def models_cmd(
     if not names:
         raise BenchError(f"no model matches '{pattern}'; valid models: {', '.join(list_models())}")
     on = pick_device(device)
-    where = f", training batch {batch} on {on}" if measure else ""
+    precision = resolve_protocol(protocol, sets).precision if protocol or sets else "fp32"
+    if measure:
+        check_precision(precision, on)
+    where = f", training batch {batch} on {on} in {precision}" if measure else ""
     memory = "peak MB" if on.type == "cuda" else "peak RSS MB (+training)"
     table = Table(title=f"models at {img_size} x {img_size}, {num_classes} classes{where}")
-    for column in ["name", "parameters", "GFLOPs", *(["images/s", memory] if measure else [])]:
+    for column in ["name", "parameters", "GFLOPs", *(["step ms", "images/s", memory] if measure else [])]:
         table.add_column(column, justify="left" if column == "name" else "right")
     failed = 0
     for name in names:
@@ -154,9 +176,10 @@ def models_cmd(
             model = create_model(name, num_classes=num_classes, img_size=img_size)
             row = [name, f"{count_parameters(model):,}", f"{gflops(model, img_size):.2f}"]
             if measure:
-                speed = measure_training(model, img_size, batch=batch, device=on)
+                speed = measure_training(model, img_size, batch=batch, device=on, precision=precision)
                 growth = "" if on.type == "cuda" else f" (+{speed.memory_growth_mb:,.0f})"
-                row += [f"{speed.images_per_second:.2f}", f"{speed.peak_memory_mb:,.0f}{growth}"]
+                row += [f"{1000 * speed.step_seconds:,.0f}", f"{speed.images_per_second:.2f}",
+                        f"{speed.peak_memory_mb:,.0f}{growth}"]
             table.add_row(*row)
         except Exception as e:  # a model that can't be built at this size is a row, not a crash
             table.add_row(name, f"[red]{type(e).__name__}: {e}[/]")
@@ -294,13 +317,15 @@ def ablate(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
+    sets: list[str] = SETS,
+    track: str | None = TRACK,
 ) -> None:
     """Run every value of one knob through `bench run` machinery; table with the published rows."""
     from bench.experiments.ablation import ablate as run_ablate
 
-    opts = RunOptions(protocol=protocol, dataset=dataset, seeds=_seeds(seeds), results=results,
+    opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, seeds=_seeds(seeds), results=results,
                       reports=out or Path("reports"), iterations=iterations, device=device, force=force,
-                      keep_weights=keep_weights, console=console)
+                      keep_weights=keep_weights, track=_csv(track), console=console)
     raise typer.Exit(run_ablate(spec, opts))
 
 
@@ -318,30 +343,59 @@ def paper(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
+    sets: list[str] = SETS,
+    track: str | None = TRACK,
 ) -> None:
     """Regenerate a published table with our rows (from runs, trained if missing) beside it."""
     from bench.experiments.paper import paper_table
 
-    opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, seeds=_seeds(seeds), results=results,
-                      reports=out or Path("reports"), iterations=iterations, device=device, force=force,
-                      keep_weights=keep_weights, console=console)
+    opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, data_root=data_root, seeds=_seeds(seeds),
+                      results=results, reports=out or Path("reports"), iterations=iterations, device=device,
+                      force=force, keep_weights=keep_weights, track=_csv(track), console=console)
     raise typer.Exit(paper_table(name, opts, _csv(models)))
+
+
+@protocol_app.command("list")
+def protocol_list() -> None:
+    """The shipped protocols: name, hash and what each is for."""
+    from bench.protocol import list_protocols, load_protocol
+
+    for name in list_protocols():
+        p = load_protocol(name)
+        typer.echo(f"{name:8s} {p.hash()}  {p.description}")
+
+
+@protocol_app.command("show")
+def protocol_show(
+    name: str = typer.Argument(..., help="A shipped protocol (paper, cpu, smoke) or a YAML file."),
+    sets: list[str] = SETS,
+) -> None:
+    """Print the resolved protocol as YAML (runnable: save it and pass it to --protocol) and its hash."""
+    from bench.protocol import protocol_yaml, resolve_protocol
+
+    typer.echo(protocol_yaml(resolve_protocol(name, sets)), nl=False)
+
+
+def _user_error(e: BaseException) -> bool:
+    """The project's own errors: ``BenchError``, and the model registry's unknown-name error
+    (looked up only if the registry was imported, so that `bench --help` does not load torch)."""
+    registry = sys.modules.get("models.registry")
+    return isinstance(e, BenchError) or (registry is not None and isinstance(e, registry.UnknownModelError))
 
 
 def main() -> None:
     """The ``bench`` entry point: usage errors as click prints them (exit 2); the project's own
-    errors as one line (exit 2); anything else is a bug and keeps its traceback."""
-    from models.registry import UnknownModelError
-
+    errors and OS errors on a named file as one line (exit 2); anything else is a bug and keeps
+    its traceback."""
     try:
         app()  # standalone: click prints usage errors with their hint and exits 2
-    except (BenchError, UnknownModelError) as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except OSError as e:
-        # A file the user named or a folder the user pointed at (read-only, missing, full disk):
-        # one line naming it. An OSError without a file name is not about user input: a bug.
-        if e.filename is None:
-            raise
-        err_console.print(f"[red]error:[/] {e.filename}: {e.strerror or e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    except Exception as e:
+        if _user_error(e):
+            err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        if isinstance(e, OSError) and e.filename is not None:
+            # A file the user named or a folder the user pointed at (read-only, missing, full disk):
+            # one line naming it. An OSError without a file name is not about user input: a bug.
+            err_console.print(f"[red]error:[/] {e.filename}: {e.strerror or e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        raise

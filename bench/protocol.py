@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -72,10 +73,12 @@ class Evaluation(_Strict):
 
 
 class Validation(_Strict):
-    """Held-out training cases used by the learning-rate search (never the test cases)."""
+    """Held-out training cases, scored by the learning-rate search and, with ``during_run``, by
+    ``bench run`` (which then trains on the other training cases). Never the test cases."""
 
     fraction: float = 0.2
     interval: int | None = None  # iterations between validation scores; None: once, at the end
+    during_run: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Validation:
@@ -84,6 +87,14 @@ class Validation(_Strict):
         if self.interval is not None and self.interval <= 0:
             raise ValueError("validation.interval must be positive")
         return self
+
+
+class Cudnn(_Strict):
+    """cuDNN flags, applied on CUDA only (a CPU has no cuDNN). The defaults are the official
+    recipe's (``--deterministic 1``): no autotuning, deterministic convolution algorithms."""
+
+    benchmark: bool = False
+    deterministic: bool = True
 
 
 class Tuning(_Strict):
@@ -129,6 +140,10 @@ class Protocol(_Strict):
     checkpoint_every: Count = 500
     num_workers: Annotated[int, Field(ge=0)] = 0
     divergence_loss: PositiveFloat = 1e4  # a loss above this (or NaN) stops the run as diverged
+    # fp32: no autocast (the official recipe); bf16: autocast to bfloat16 (CUDA or CPU);
+    # fp16: autocast to float16 with a gradient scaler (CUDA only).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    cudnn: Cudnn = Cudnn()
 
     @model_validator(mode="after")
     def _schedule(self) -> Protocol:
@@ -155,13 +170,8 @@ class Protocol(_Strict):
         return self.base_lr
 
     def hash(self) -> str:
-        """Short sha256 over every field that can change a run's result.
-
-        Not the name or description, and not the validation / tuning settings, which only
-        the learning-rate search reads.
-        """
-        data = self.model_dump(exclude={"name", "description", "validation", "tuning"})
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        """Short sha256 over every field that can change a run's result (see ``recipe``)."""
+        blob = json.dumps(recipe(self.model_dump()), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def override(self, **changes) -> Protocol:
@@ -178,6 +188,29 @@ class Protocol(_Strict):
         except ValidationError as e:
             given = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
             raise BenchError(f"invalid override {given}: {_first_error(e)}") from None
+
+
+# Keys added after results existed, at the values that reproduce what a run did before the key
+# existed (every such run on a CPU: no autocast there, no cuDNN). At these values they stay out of
+# the hash, so earlier protocols keep their hash and earlier runs their identity.
+NEUTRAL = {"precision": "fp32", "cudnn": Cudnn().model_dump()}
+
+
+def recipe(data: dict) -> dict:
+    """What decides a run's numbers, from a protocol's ``model_dump()`` (a manifest stores one).
+
+    Not the name or description; not the tuning settings, nor the validation settings unless
+    ``bench run`` validates during training (it then trains on fewer cases); new keys at their
+    neutral values (``NEUTRAL``) are left out.
+    """
+    out = {k: v for k, v in data.items() if k not in ("name", "description", "validation", "tuning")}
+    for key, value in NEUTRAL.items():
+        if out.get(key, value) == value:
+            out.pop(key, None)
+    validation = data.get("validation") or {}
+    if validation.get("during_run"):
+        out["validation"] = {"during_run": True, "fraction": validation.get("fraction")}
+    return out
 
 
 def list_protocols() -> list[str]:
@@ -223,3 +256,82 @@ def load_yaml_model(path: Path, model: type[BaseModel], defaults: dict | None = 
         return model.model_validate(data)
     except ValidationError as e:
         raise BenchError(f"{path}: {_first_error(e)}") from None
+
+
+def parse_set(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a dotted key; the value is read as YAML (``4``, ``0.5``, ``true``, ``[0, 1]``)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise BenchError(f"--set expects KEY=VALUE (dotted keys such as evaluation.convention=strict), got '{item}'")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise BenchError(f"--set {key}: cannot read the value '{text}'") from None
+    return key, value
+
+
+def _at(data: dict, key: str):
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def _text(value) -> str:
+    """A value as it appears in a protocol name: short, no spaces, no path separators."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_text(v)}" for k, v in value.items()) + "}"
+    return str(value).replace("/", "_").replace(" ", "_")
+
+
+def apply_sets(protocol: Protocol, sets: Sequence[str]) -> Protocol:
+    """``protocol`` with ``--set KEY=VALUE`` overrides, validated like a file.
+
+    The result is another recipe, so its name records the keys that changed
+    (``cpu@batch_size=4``): its runs get their own folders and report, never the base's.
+    """
+    if not sets:
+        return protocol
+    base = protocol.model_dump()
+    data = protocol.model_dump()
+    keys = []
+    for item in sets:
+        key, value = parse_set(item)
+        parts = key.split(".")
+        if parts[0] in ("name", "description"):
+            raise BenchError(f"--set {key}: not a setting (the name records the overrides)")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                what = "unknown key" if part not in node else "not a section"
+                raise BenchError(f"--set {key}: {what} '{'.'.join(parts[: i + 1])}'")
+            node = node[part]
+        node[parts[-1]] = value
+        if key in ("iterations", "epochs") and value is not None:  # one budget replaces the other
+            data["epochs" if key == "iterations" else "iterations"] = None
+        keys.append(key)
+    try:
+        resolved = Protocol.model_validate(data)
+    except ValidationError as e:
+        raise BenchError(f"--set: {_first_error(e)}") from None
+    after = resolved.model_dump()
+    changed = [k for k in dict.fromkeys(keys) if _at(after, k) != _at(base, k)]
+    if not changed:
+        return resolved
+    suffix = ",".join(f"{k}={_text(_at(after, k))}" for k in sorted(changed))
+    return resolved.model_copy(update={"name": f"{protocol.name}@{suffix}"})
+
+
+def resolve_protocol(name_or_path: str, sets: Sequence[str] = ()) -> Protocol:
+    """A shipped protocol or a file, with ``--set`` overrides applied."""
+    return apply_sets(load_protocol(name_or_path), sets)
+
+
+def protocol_yaml(protocol: Protocol) -> str:
+    """The resolved protocol as YAML that ``--protocol FILE`` reads back (same hash), name and hash on top."""
+    body = yaml.safe_dump(protocol.model_dump(exclude={"name"}), sort_keys=False, default_flow_style=None, width=120)
+    return f"# protocol {protocol.name}, hash {protocol.hash()}\n{body}"

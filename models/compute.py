@@ -1,6 +1,7 @@
 """Compute accounting for model tables and run manifests: parameters, forward FLOPs, training speed."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import resource
@@ -14,6 +15,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast for a training step at ``precision`` (fp32: none; bf16 / fp16: autocast to that type)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled for fp16 only (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -57,6 +73,8 @@ class TrainingSpeed:
     device: str
     batch: int
     steps: int  # timed steps; the rate is over their median
+    step_seconds: float = 0.0  # the median step
+    precision: str = "fp32"
 
 
 def _reset_peak_rss() -> None:
@@ -78,10 +96,12 @@ def _max_rss_mb() -> float:
 
 
 def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int = 5, warmup: int = 2,
-                     in_channels: int = 1, device: str | torch.device | None = None) -> TrainingSpeed:
+                     in_channels: int = 1, device: str | torch.device | None = None,
+                     precision: str = "fp32") -> TrainingSpeed:
     """Training images per second (``batch`` over the median of ``steps`` timed steps, after ``warmup``
     untimed ones) and peak memory, with random images and labels, cross-entropy and SGD (lr 0.01,
-    momentum 0.9). The median keeps a step slowed by another process on a shared machine from counting.
+    momentum 0.9), at ``precision`` as training runs it (see ``autocast``, ``grad_scaler``). The median
+    keeps a step slowed by another process on a shared machine from counting.
 
     Trains ``model`` in place on ``device`` (default: CUDA if available): its weights change. On a CPU
     the memory is the process's peak RSS from ``resource.getrusage``, which includes the interpreter,
@@ -100,6 +120,7 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
     model.train()
     y = torch.randint(0, num_classes, (batch, img_size, img_size), device=device, generator=g)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = grad_scaler(precision, device)
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -110,8 +131,11 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+        with autocast(precision, device):
+            logits = model(x)
+        scaler.scale(F.cross_entropy(logits.float(), y)).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     for _ in range(warmup):
         step()
@@ -131,5 +155,6 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
         peak = _max_rss_mb()
         growth = peak - before
     optimizer.zero_grad(set_to_none=True)
-    return TrainingSpeed(images_per_second=batch / statistics.median(times), peak_memory_mb=peak,
-                         memory_growth_mb=growth, device=str(device), batch=batch, steps=steps)
+    median = statistics.median(times)
+    return TrainingSpeed(images_per_second=batch / median, peak_memory_mb=peak, memory_growth_mb=growth,
+                         device=str(device), batch=batch, steps=steps, step_seconds=median, precision=precision)

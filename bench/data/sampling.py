@@ -5,6 +5,8 @@ resumed run sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -39,21 +41,21 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.nda
 
 
 class TrainSlices(torch.utils.data.Dataset):
-    """Training slices; an item is addressed by (epoch, index) so its augmentation is reproducible."""
+    """Training slices; an item is addressed by (epoch, index) so its augmentation is reproducible.
 
-    def __init__(self, ds: Dataset, size: int, aug: Augmentation | None, seed: int, cache: bool = True):
+    Nothing is cached in the process: every item is read from its file, which the OS page cache
+    keeps in memory once for all DataLoader workers (and for every run on the machine). A cache
+    inside the dataset would be copied into each worker and grow with ``num_workers``.
+    """
+
+    def __init__(self, ds: Dataset, size: int, aug: Augmentation | None, seed: int):
         self.ds, self.size, self.aug, self.seed = ds, size, aug, seed
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.ds.train_slices)
 
     def _raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._cache is None:
-            return synapse.load_slice(self.ds, self.ds.train_slices[index])
-        if index not in self._cache:
-            self._cache[index] = synapse.load_slice(self.ds, self.ds.train_slices[index])
-        return self._cache[index]
+        return synapse.load_slice(self.ds, self.ds.train_slices[index])
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
@@ -61,7 +63,7 @@ class TrainSlices(torch.utils.data.Dataset):
         if self.aug is not None:
             rng = np.random.default_rng([self.seed, epoch, index])
             image, label = augment(image, label, self.aug, rng)
-        image, label = resize_pair(image, label, self.size)
+        image, label = resize_pair(image, label, self.size)  # the label as stored until now: see load_slice
         return torch.from_numpy(image)[None], torch.from_numpy(label.astype(np.int64))
 
 
@@ -88,3 +90,20 @@ class IterationBatches(torch.utils.data.Sampler):
     def __iter__(self):
         for it in range(self.start, self.stop):
             yield batch_keys(self.n, self.bs, self.seed, it)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Items draw from their own (seed, epoch, index) generator; this only tames stray global use.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def training_loader(ds: Dataset, size: int, aug: Augmentation | None, batch_size: int, seed: int, start: int,
+                    stop: int, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The batches of iterations ``start..stop-1``, as training reads them (and the loader benchmark)."""
+    data = TrainSlices(ds, size, aug, seed)
+    return torch.utils.data.DataLoader(
+        data, batch_sampler=IterationBatches(len(data), batch_size, seed, start, stop),
+        num_workers=num_workers, worker_init_fn=_worker_init, persistent_workers=False, pin_memory=pin_memory,
+    )

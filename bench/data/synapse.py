@@ -89,10 +89,14 @@ def validation_split(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Datas
 
 
 def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A training slice: the image as float32, the label in the dtype it is stored in (uint8 here,
+    float32 in some official files). Callers make it int64 when they need to: training after
+    augmenting and resizing (order-0 operations copy label values exactly, and a small dtype
+    makes them several times cheaper), volumes when they stack slices."""
     path = ds.root / "train_npz" / f"{name}.npz"
     try:
         with np.load(path) as f:
-            return f["image"].astype(np.float32), f["label"].astype(np.int64)
+            return f["image"].astype(np.float32), f["label"]
     except Exception as e:  # truncated zip, missing key...
         raise BenchError(f"{path}: unreadable training slice ({e})") from None
 
@@ -103,7 +107,7 @@ def load_volume(ds: Dataset, case: str) -> tuple[np.ndarray, np.ndarray, tuple[f
         listed = _read_list(ds.root / LIST_DIR / "train.txt")
         names = sorted((s for s in listed if case_of(s) == case), key=lambda s: int(s.rsplit("_slice", 1)[1]))
         pairs = [load_slice(ds, s) for s in names]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), None
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]).astype(np.int64), None
     path = ds.root / "test_vol_h5" / f"{case}.npy.h5"
     try:
         with h5py.File(path, "r") as f:

@@ -18,7 +18,9 @@ from rich.progress import Progress
 
 from bench import env
 from bench.data.synapse import Dataset
+from bench.engine import numerics
 from bench.engine.evaluation import PRED_DIR, evaluate_model
+from bench.engine.memory import PeakMemory
 from bench.engine.results import (
     CHECKPOINT,
     FINAL_WEIGHTS,
@@ -33,10 +35,12 @@ from bench.engine.results import (
     run_path,
     write_metrics,
 )
+from bench.engine.tracking import Tracking
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
+from bench.engine.validation import VALIDATION_LOG, Validator, held_out_view
 from bench.errors import BenchError
 from bench.files import write_json
-from bench.protocol import Protocol
+from bench.protocol import Protocol, recipe
 from models import create_model
 from models.compute import gflops
 
@@ -74,7 +78,7 @@ class Outcome:
 
 
 def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
-    return {
+    config = {
         "model": spec.model, "knobs": spec.knobs, "weights": spec.weights, "seed": spec.seed,
         "lr": spec.lr, "lr_source": spec.lr_source,
         "protocol": protocol.model_dump(), "protocol_name": protocol.name, "protocol_hash": protocol.hash(),
@@ -82,29 +86,38 @@ def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
                     "num_classes": ds.num_classes, "organs": ds.organs},
         "convention": protocol.evaluation.convention,
     }
+    if protocol.validation.during_run:  # the model trains without these cases
+        config["validation_cases"] = sorted(held_out_view(ds, protocol).test_cases)
+    return config
 
 
 def config_key(config: dict) -> str:
-    """Hash of what decides the numbers (the data's location may move without changing them,
-    and the protocol's validation / tuning sections are read by the LR search only)."""
-    protocol = {k: v for k, v in config["protocol"].items() if k not in ("validation", "tuning")}
+    """Hash of what decides the numbers (the data's location may move without changing them; the
+    protocol counts through ``bench.protocol.recipe``, so keys added later at their neutral values
+    leave the key of a run made before them unchanged)."""
+    protocol = recipe(config["protocol"]) | {k: config["protocol"].get(k) for k in ("name", "description")}
     data = {k: v for k, v in config.items() if k != "dataset"} | {"data": config["dataset"]["fingerprint"],
                                                                  "protocol": protocol}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def same_run(manifest: dict | None, key: str) -> bool:
+    """The manifest is of a run with these settings (``key``), trained at the precision they say."""
+    return bool(manifest) and manifest.get("key") == key and not numerics.legacy_autocast(manifest)
+
+
 def check_conflict(run_dir: Path, key: str) -> str | None:
     """A message if a *completed* run with other settings sits in this folder."""
     m = read_manifest(run_dir)
-    if m and m.get("status") == "complete" and m.get("key") != key:
+    if m and m.get("status") == "complete" and not same_run(m, key):
         return (f"{run_dir} holds a completed run with different settings "
-                f"(protocol {m.get('protocol_hash')}, lr {m.get('lr')}); use --force to replace it "
-                f"or --results to write elsewhere")
+                f"(protocol {m.get('protocol_hash')}, {numerics.precision_of(m)}, lr {m.get('lr')}); use --force "
+                f"to replace it or --results to write elsewhere")
     return None
 
 
 def _clear(run_dir: Path) -> None:
-    for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS, TRAIN_LOG):
+    for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS, TRAIN_LOG, VALIDATION_LOG):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / PRED_DIR, ignore_errors=True)
 
@@ -112,11 +125,12 @@ def _clear(run_dir: Path) -> None:
 def execute(
     spec: RunSpec, protocol: Protocol, ds: Dataset, results: Path, device: torch.device,
     force: bool = False, progress: Progress | None = None, say=print, wait: bool = False,
-    keep_weights: bool = True,
+    keep_weights: bool = True, track: tuple[str, ...] = (),
 ) -> Outcome:
     """Train and evaluate one run inside its lock; never raises except on interruption.
 
     A completed run keeps its trained weights in ``model.pt`` unless ``keep_weights`` is off.
+    ``track`` names live trackers (``bench.engine.tracking``) that follow the run.
 
     Without ``wait`` a run locked by another process comes back as ``locked`` (the sweep
     returns to it later with ``wait=True`` and then reuses what the other process made).
@@ -132,16 +146,24 @@ def execute(
         return Outcome(run, run_dir, "locked", str(e))
     try:
         old = read_manifest(run_dir)
-        if old and old.get("status") == "complete" and old.get("key") == key and (not force or wait):
+        if old and old.get("status") == "complete" and same_run(old, key) and (not force or wait):
             problem = metrics_problem(run_dir)
             if problem is None:
                 return Outcome(run, run_dir, "skipped", "already complete")
             # complete no more: evaluated again from model.pt (trained again only if it is gone)
             again = "evaluating it again" if (run_dir / FINAL_WEIGHTS).is_file() else "training it again"
             say(f"[yellow]{run_dir / METRICS} {problem}: {again}[/]")
-        if force or (old and old.get("key") != key):
+        if force or (old and not same_run(old, key)):
             _clear(run_dir)  # other settings: a checkpoint from them must not be resumed
-        out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, old or {})
+        tracker = Tracking(track, results=results, run_dir=run_dir, experiment=f"segbench/{run.dataset}",
+                           name=f"{run.protocol}/{run.model}/seed{run.seed}", say=say,
+                           params={"dataset": run.dataset, "dataset_fingerprint": ds.fingerprint(),
+                                   "protocol": run.protocol, "protocol_hash": protocol.hash(), "model": spec.label,
+                                   "seed": spec.seed, "lr": spec.lr, "precision": protocol.precision,
+                                   "batch_size": protocol.batch_size, "input_size": protocol.input_size,
+                                   "device": str(device)})
+        out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, old or {},
+                               tracker)
         if out.status == "complete" and not keep_weights:
             (run_dir / FINAL_WEIGHTS).unlink(missing_ok=True)
         return out
@@ -149,15 +171,18 @@ def execute(
         lock.__exit__(None, None, None)
 
 
-def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, before: dict) -> Outcome:
+def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, before: dict,
+                     tracker: Tracking) -> Outcome:
     manifest = {
         "status": "running", "key": key, "run": run.__dict__, **config,
         "protocol_hash": protocol.hash(), "git": env.git_revision(), "packages": env.package_versions(),
-        **env.device_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **env.device_info(device), **numerics.record(protocol, device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(run_dir / MANIFEST, manifest)
     t0 = time.perf_counter()
     label = f"{spec.label} seed {spec.seed}"
+    memory = PeakMemory(device).__enter__()
     try:
         seed_everything(spec.seed)  # identical initial weights for the same seed
         model = create_model(spec.model, num_classes=ds.num_classes, in_channels=1,
@@ -165,7 +190,13 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
         manifest["parameters"] = sum(p.numel() for p in model.parameters())
         manifest["gflops"] = gflops(model, protocol.input_size)
         manifest["pretrained"] = spec.weights is not None
-        result = train(model, ds, protocol, spec.seed, run_dir, spec.lr, device, progress, label, say)
+        train_ds, validate = ds, None
+        if protocol.validation.during_run:  # train on the other training cases, score these as it goes
+            train_ds = held_out_view(ds, protocol)
+            validate = Validator(model, train_ds, protocol, device, run_dir, tracker, say)
+            manifest["train_slices"] = len(train_ds.train_slices)
+        result = train(model, train_ds, protocol, spec.seed, run_dir, spec.lr, device, progress, label, say,
+                       on_iteration=validate, tracker=tracker)
         manifest.update(iterations=result.iterations, resumed_from=result.resumed_from,
                         train_seconds=round(result.seconds, 2),
                         train_images_per_second=round(result.images_per_second, 2))
@@ -181,18 +212,24 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
             metrics.insert(0, col, value)
         write_metrics(run_dir / METRICS, metrics)
         manifest["eval_seconds"] = round(time.perf_counter() - t_eval, 2)
+        tracker.test_metrics(metrics)
         status, message = "complete", ""
     except Interrupted as e:
-        manifest.update(status="interrupted", error=str(e))
+        memory.__exit__(None, None, None)
+        manifest.update(status="interrupted", error=str(e), **memory.record())
         write_json(run_dir / MANIFEST, manifest)
+        tracker.close("interrupted")
         raise
     except Diverged as e:
         status, message = "diverged", str(e)
     except Exception as e:  # one model's failure must not end the sweep
         status, message = "failed", str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         manifest["traceback"] = traceback.format_exc(limit=8)
+    memory.__exit__(None, None, None)
     manifest.update(status=status, error=message or None, wall_seconds=round(time.perf_counter() - t0, 2),
-                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **memory.record())
+    tracker.log({"memory/peak_host_mb": manifest["peak_host_memory_mb"]}, tracker.step)
+    tracker.close(status)
     (run_dir / (CHECKPOINT + ".prev")).unlink(missing_ok=True)
     write_json(run_dir / MANIFEST, manifest)  # last: only now does the run count as complete
     return Outcome(run, run_dir, status, message)
@@ -200,7 +237,7 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
 
 def run_jobs(
     jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, results: Path, device: torch.device, *,
-    force: bool, progress: Progress, keep_weights: bool = True,
+    force: bool, progress: Progress, keep_weights: bool = True, track: tuple[str, ...] = (),
 ) -> list[Outcome]:
     """Execute runs in order; runs another process holds are done last, after waiting for it."""
     say = progress.console.print
@@ -208,13 +245,13 @@ def run_jobs(
     with progress:
         for spec, proto in jobs:
             outcomes.append(execute(spec, proto, ds, results, device, force, progress, say=say,
-                                   keep_weights=keep_weights))
+                                   keep_weights=keep_weights, track=track))
             _say_outcome(say, outcomes[-1])
         for i, (spec, proto) in enumerate(jobs):
             if outcomes[i].status == "locked":
                 say(f"waiting for another process: {outcomes[i].message}")
                 outcomes[i] = execute(spec, proto, ds, results, device, force, progress, say=say, wait=True,
-                                      keep_weights=keep_weights)
+                                      keep_weights=keep_weights, track=track)
                 _say_outcome(say, outcomes[i])
     return outcomes
 

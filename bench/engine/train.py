@@ -5,6 +5,8 @@ torch's RNG, whose state (with numpy's, Python's and CUDA's) is saved in every c
 restored after everything that could draw from it is set up (starting the loader's iterator
 draws a seed from it). A run killed at any point and resumed from its last checkpoint therefore
 ends with the same weights, bit for bit, as an uninterrupted one.
+Precision and cuDNN flags come from the protocol (``bench.engine.numerics``), never from the device.
+``train_log.csv`` grows by one row per iteration, written after that iteration's checkpoint.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from bench.data.sampling import IterationBatches, TrainSlices
+from bench.data.sampling import training_loader
 from bench.data.synapse import Dataset
+from bench.engine import numerics
 from bench.engine.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -54,13 +57,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _worker_init(worker_id: int) -> None:
-    # Items draw from their own (seed, epoch, index) generator; this only tames stray global use.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def poly_lr(base_lr: float, iteration: int, max_iter: int, power: float) -> float:
     return base_lr * (1 - iteration / max_iter) ** power
 
@@ -77,8 +73,9 @@ def _read_log(run_dir: Path, before: int) -> list[dict]:
     path = run_dir / TRAIN_LOG
     if not path.exists():
         return []
-    with open(path) as f:
-        return [r for r in csv.DictReader(f) if int(r["iteration"]) < before]
+    with open(path) as f:  # a row torn by a kill mid-write has empty fields: it is dropped
+        rows = [r for r in csv.DictReader(f) if all(r.get(k) not in (None, "") for k in LOG_FIELDS)]
+    return [r for r in rows if int(r["iteration"]) < before]
 
 
 def _write_log(run_dir: Path, rows: list[dict]) -> None:
@@ -128,11 +125,13 @@ def train(
     label: str = "train",
     say=print,
     on_iteration: Callable[[int], None] | None = None,
+    tracker=None,
 ) -> TrainResult:
     """Train ``model`` in place under ``protocol``; resumes from ``run_dir``'s checkpoint if any.
 
-    ``on_iteration(done)`` runs after every iteration (the LR search validates and prunes
-    there); it may switch the model to eval mode, training mode is restored afterwards.
+    ``on_iteration(done)`` runs after every iteration (validation and the LR search's pruning
+    happen there); it may switch the model to eval mode, training mode is restored afterwards.
+    ``tracker`` (a ``bench.engine.tracking.Tracking``) gets each iteration's loss terms and LR.
     """
     seed_everything(seed)
     model.to(device)
@@ -141,14 +140,18 @@ def train(
         model.parameters(), lr=base_lr, momentum=protocol.optimizer.momentum,
         weight_decay=protocol.optimizer.weight_decay,
     )
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    cuda = device.type == "cuda"
+    numerics.check_precision(protocol.precision, device)
+    numerics.apply_cudnn(protocol.cudnn, device)
+    scaler = numerics.grad_scaler(protocol.precision, device)
     for stale in remove_stale_temporaries(run_dir):
         say(f"removed {stale.name}, left by a writer that was killed")
     final = load_final(run_dir, say)
     if final is not None and int(final["iteration"]) == max_iter:
         model.load_state_dict(final["model"])  # trained before, only the evaluation was left
         say(f"resuming {label} after training ({max_iter} iterations done): evaluating {FINAL_WEIGHTS}")
+        if tracker is not None:
+            tracker.open(max_iter)
         return TrainResult(max_iter, 0.0, 0.0, max_iter)
     start = 0
     state = load_checkpoint(run_dir, say)
@@ -158,17 +161,11 @@ def train(
         scaler.load_state_dict(state.get("scaler", {}))
         start = int(state["iteration"])
         say(f"resuming {label} from iteration {start} of {max_iter}")
-    log = _read_log(run_dir, start)
-
-    data = TrainSlices(ds, protocol.input_size, protocol.augmentation, seed)
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_sampler=IterationBatches(len(data), protocol.batch_size, seed, start, max_iter),
-        num_workers=protocol.num_workers,
-        worker_init_fn=_worker_init,
-        persistent_workers=False,
-        pin_memory=device.type == "cuda",
-    )
+    _write_log(run_dir, _read_log(run_dir, start))  # rows past the checkpoint go; the log grows from here
+    if tracker is not None:
+        tracker.open(start)
+    loader = training_loader(ds, protocol.input_size, protocol.augmentation, protocol.batch_size, seed, start,
+                             max_iter, protocol.num_workers, pin_memory=cuda)
     # Starting the iterator draws the workers' base seed from torch's RNG: restore the streams
     # after it (and after anything else that could draw), so a resumed run continues exactly
     # where the checkpoint left them. A fresh run keeps that one draw, as it always has.
@@ -181,7 +178,6 @@ def train(
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
             "iteration": iteration, "rng": capture_rng(device),
         })
-        _write_log(run_dir, log)
 
     task = None
     if progress is not None:
@@ -193,15 +189,16 @@ def train(
     t0 = time.perf_counter()
     images = 0
     it = start
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, open(run_dir / TRAIN_LOG, "a", newline="") as log_file:
+        log = csv.DictWriter(log_file, LOG_FIELDS)
         for it, (x, y) in enumerate(batches, start=start):
             lr = poly_lr(base_lr, it, max_iter, protocol.poly_power)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with numerics.autocast(protocol.precision, device):
                 logits = model(x)
-            loss, ce, dice = combined_loss(logits, y, protocol.loss.ce, protocol.loss.dice)
+            loss, ce, dice = combined_loss(logits.float(), y, protocol.loss.ce, protocol.loss.dice)
             value = loss.item()
             if not math.isfinite(value) or value > protocol.divergence_loss:
                 raise Diverged(f"loss {value} at iteration {it}")
@@ -210,10 +207,13 @@ def train(
             scaler.step(opt)
             scaler.update()
             images += x.shape[0]
-            log.append({"iteration": it, "loss": f"{value:.6f}", "ce": f"{ce.item():.6f}",
-                        "dice": f"{dice.item():.6f}", "lr": f"{lr:.8g}",
-                        "seconds": f"{time.perf_counter() - t0:.3f}"})
+            ce_value, dice_value = ce.item(), dice.item()
+            row = {"iteration": it, "loss": f"{value:.6f}", "ce": f"{ce_value:.6f}", "dice": f"{dice_value:.6f}",
+                   "lr": f"{lr:.8g}", "seconds": f"{time.perf_counter() - t0:.3f}"}
             done = it + 1
+            if tracker is not None:
+                tracker.log({"train/loss": value, "train/ce_loss": ce_value, "train/dice_loss": dice_value,
+                             "train/lr": lr}, done)
             if on_iteration is not None:
                 on_iteration(done)
                 model.train()
@@ -226,12 +226,12 @@ def train(
                     f"{spent:.0f} s elapsed, eta {eta:.0f} s")
             if done < max_iter and (done % protocol.checkpoint_every == 0 or stop.signal):
                 checkpoint(done)
+            log.writerow(row)  # after the checkpoint: a row in the log means its checkpoint is on disk
+            log_file.flush()
             if stop.signal:
                 if done == max_iter:  # training is over: keep its weights, only the evaluation is left
-                    _write_log(run_dir, log)
                     save_final(run_dir, model, max_iter)
                 raise Interrupted(f"stopped by signal {stop.signal} at iteration {done}; checkpoint saved")
-    _write_log(run_dir, log)
     save_final(run_dir, model, max_iter)
     seconds = time.perf_counter() - t0
     if progress is not None:

@@ -22,7 +22,7 @@ from bench.experiments import references
 from bench.experiments.execute import execute_jobs, say_failures
 from bench.experiments.options import RunOptions
 from bench.experiments.preflight import check_jobs
-from bench.protocol import Protocol, Seed, load_protocol, load_yaml_model
+from bench.protocol import Protocol, Seed, load_yaml_model, resolve_protocol
 from models import is_model, list_models
 
 Value = int | float | str
@@ -65,9 +65,10 @@ def load_spec(path: str | Path) -> AblationSpec:
     return load_yaml_model(path, AblationSpec)
 
 
-def expand(spec: AblationSpec, protocol: str | None = None, iterations: int | None = None) -> list[Row]:
+def expand(spec: AblationSpec, protocol: str | None = None, iterations: int | None = None,
+           sets: list[str] | tuple[str, ...] = ()) -> list[Row]:
     """The spec's rows, each with its model, knobs and (possibly overridden) protocol."""
-    base = load_protocol(protocol or spec.protocol).override(iterations=iterations)
+    base = resolve_protocol(protocol or spec.protocol, sets).override(iterations=iterations)
     for name in [spec.base, *spec.variants.values()]:
         if not is_model(name):
             raise BenchError(f"unknown model '{name}' in ablation spec; valid models: {', '.join(list_models())}")
@@ -124,7 +125,7 @@ def ablate(spec_path: Path, opts: RunOptions) -> int:
 
 
 def run_ablation(spec: AblationSpec, name: str, opts: RunOptions) -> int:
-    rows = expand(spec, opts.protocol, opts.iterations)
+    rows = expand(spec, opts.protocol, opts.iterations, opts.sets)
     seeds = opts.seeds or spec.seeds or list(rows[0].protocol.seeds)
     ds = open_dataset(opts.dataset or spec.dataset, opts)
     per_row, failed = run_rows(rows, seeds, ds, opts)
@@ -133,8 +134,9 @@ def run_ablation(spec: AblationSpec, name: str, opts: RunOptions) -> int:
     ours = {r: references.row_values(m) for r, m in per_row.items()}
     table = references.build_table(reference, ours, {r: r for r in ours}, all_published=False)
     base = rows[0].protocol
-    proto_name = base.name.split("@")[0]
-    note = references.caveat(reference, proto_name, base.hash(), ds.name, base.evaluation.convention, seeds)
+    proto_name = base.name.rsplit("@", 1)[0] if spec.knob in Protocol.model_fields else base.name
+    note = references.caveat(reference, proto_name, base.hash(), ds.name, base.evaluation.convention, seeds,
+                             base.precision)
     title = f"Ablation {name}: {spec.knob or 'variant'} ({spec.base})"
     out = opts.reports / ds.name / proto_name / "ablations" / name
     references.write_comparison(table, reference, title, note, out, opts.console)

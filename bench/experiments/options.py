@@ -20,6 +20,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from bench.engine.tracking import parse_track
+from bench.protocol import Protocol, resolve_protocol
+
 
 def training_progress(console: Console) -> Progress:
     """The progress bar of training and evaluation: iteration, loss, LR, elapsed time and ETA."""
@@ -35,6 +38,7 @@ class RunOptions:
     """Where runs come from and go to, and how they are executed."""
 
     protocol: str | None = None  # a shipped name or a YAML file
+    sets: list[str] = field(default_factory=list)  # --set KEY=VALUE overrides of the protocol
     dataset: str | None = None  # see ``bench.data.resolve.resolve_dataset``
     data_root: Path | None = None
     fold: int | None = None
@@ -46,6 +50,7 @@ class RunOptions:
     device: str = "auto"
     force: bool = False  # redo completed runs
     keep_weights: bool = True  # keep model.pt of completed runs
+    track: list[str] = field(default_factory=list)  # live trackers: tensorboard, mlflow
     report: bool = True  # bench run: write the full report after the runs
     console: Console = field(default_factory=Console)
     progress: Progress | None = None  # default: ``training_progress(console)``
@@ -54,6 +59,12 @@ class RunOptions:
         if self.progress is None:
             self.progress = training_progress(self.console)
         self.results, self.reports = Path(self.results), Path(self.reports)
+        self.track = parse_track(self.track)
+
+    def load_protocol(self, default: str = "cpu", **overrides) -> Protocol:
+        """The command's protocol: ``--protocol`` (or ``default``), its ``--set`` overrides, then
+        ``overrides`` from the command's own flags (``iterations=...``; None values ignored)."""
+        return resolve_protocol(self.protocol or default, self.sets).override(**overrides)
 
     @property
     def say(self):

@@ -10,7 +10,6 @@ from bench.experiments import references
 from bench.experiments.ablation import AblationSpec, Row, open_dataset, run_ablation, run_rows
 from bench.experiments.execute import say_failures
 from bench.experiments.options import RunOptions
-from bench.protocol import load_protocol
 
 # Paper tables: which published table, and how our rows are made.
 PAPERS = {
@@ -30,7 +29,7 @@ def paper_table(name: str, opts: RunOptions, models: list[str] | None = None) ->
     if "spec" in entry:
         return run_ablation(entry["spec"], name, opts)
     reference = references.load_reference(entry["table"])
-    proto = load_protocol(opts.protocol or "cpu").override(iterations=opts.iterations)
+    proto = opts.load_protocol(iterations=opts.iterations)
     rows = [Row(m, m, {}, proto) for m in dict.fromkeys(entry["models"] + (models or []))]
     seeds = opts.seeds or list(proto.seeds)
     ds = open_dataset(opts.dataset or "synthetic", opts)
@@ -42,7 +41,8 @@ def paper_table(name: str, opts: RunOptions, models: list[str] | None = None) ->
     ours = {r: references.row_values(m) for r, m in per_row.items()}
     match = {m: next((str(r["method"]) for r in reference["rows"] if r.get("ours") == m), None) for m in ours}
     table = references.build_table(reference, ours, match, all_published=True)
-    note = references.caveat(reference, proto.name, proto.hash(), ds.name, proto.evaluation.convention, seeds)
+    note = references.caveat(reference, proto.name, proto.hash(), ds.name, proto.evaluation.convention, seeds,
+                             proto.precision)
     out = opts.reports / ds.name / proto.name / "papers" / name
     references.write_comparison(table, reference, f"{reference['title']}: published and ours", note, out,
                                 opts.console)

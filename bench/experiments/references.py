@@ -55,9 +55,9 @@ def comparable(reference: dict, protocol: str, dataset: str) -> bool:
 
 
 def caveat(reference: dict, protocol: str, protocol_hash: str, dataset: str, convention: str,
-           seeds: list[int]) -> str:
-    where = (f"Our rows: protocol `{protocol}` ({protocol_hash}), dataset `{dataset}`, metric convention "
-             f"`{convention}`, seeds {seeds}; mean ± sd over seeds.")
+           seeds: list[int], precision: str = "fp32") -> str:
+    where = (f"Our rows: protocol `{protocol}` ({protocol_hash}, {precision}), dataset `{dataset}`, metric "
+             f"convention `{convention}`, seeds {seeds}; mean ± sd over seeds.")
     if comparable(reference, protocol, dataset):
         return where
     reasons = []

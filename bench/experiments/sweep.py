@@ -15,7 +15,6 @@ from bench.errors import BenchError
 from bench.experiments.execute import execute_jobs, say_failures
 from bench.experiments.options import RunOptions
 from bench.experiments.preflight import check_jobs, check_weights
-from bench.protocol import load_protocol
 from bench.report.console import render_rich, summary_table, write_summary
 from models import is_model, list_models
 
@@ -63,8 +62,7 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
         if not is_model(m):
             raise BenchError(f"unknown model '{m}'; valid models: {', '.join(list_models())}")
     check_weights(weights, models)
-    proto = load_protocol(opts.protocol or "cpu").override(iterations=opts.iterations,
-                                                           checkpoint_every=opts.checkpoint_every)
+    proto = opts.load_protocol(iterations=opts.iterations, checkpoint_every=opts.checkpoint_every)
     seed_list = opts.seeds or list(proto.seeds)
     tuned = isinstance(lr, str) and lr.strip().lower() == "tuned"
     if (storage or studies) and not tuned:

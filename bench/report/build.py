@@ -17,7 +17,7 @@ from bench.report import stats
 from bench.report import tables as T
 from bench.report.console import organ_means
 from bench.report.html import Page, render_page
-from bench.report.load import Loaded, load_runs, mismatch_message, train_logs
+from bench.report.load import Loaded, load_runs, mismatch_message, train_logs, validation_logs
 from bench.report.qualitative import qualitative
 from bench.report.render import csv_text, latex, markdown
 
@@ -112,7 +112,7 @@ def build_report(
     plot_dir = out / PLOTS
     figures = [P.heatmap(organ_means(loaded.metrics, "dice"), plot_dir) if arms else None,
                P.box_strip(dice, "dice", arms, plot_dir), P.box_strip(hd, "hd95", arms, plot_dir),
-               P.learning_curves(train_logs(loaded), plot_dir)]
+               P.learning_curves(train_logs(loaded), plot_dir, validation_logs(loaded))]
     qual, why = qualitative(loaded, dice, results, plot_dir) if arms else (None, "no results")
     figures.append(qual)
     if why:

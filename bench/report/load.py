@@ -13,15 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from bench.engine.metrics import CONVENTIONS
+from bench.engine.numerics import precision_of
 from bench.engine.results import METRICS, TRAIN_LOG, find_runs, parse_run_path, read_manifest
+from bench.engine.validation import VALIDATION_LOG
 from bench.errors import BenchError
 
 # What must agree for two runs to be compared; the display name of each field.
 COHORT_FIELDS = {"dataset": "dataset", "fingerprint": "split", "protocol": "protocol",
-                 "protocol_hash": "hash", "convention": "convention"}
+                 "protocol_hash": "hash", "convention": "convention", "precision": "precision"}
 RUN_COLUMNS = ["path", "arm", "model", "seed", "status", "error", *COHORT_FIELDS, "pretrained", "weights",
                "parameters", "gflops", "train_images_per_second", "train_seconds", "wall_seconds",
-               "iterations", "lr", "lr_source"]
+               "iterations", "lr", "lr_source", "peak_host_memory_mb", "peak_cuda_memory_mb"]
 
 
 @dataclass
@@ -60,11 +62,13 @@ def _row(path: Path, m: dict | None) -> dict:
         "status": m.get("status", "unknown"), "error": m.get("error"),
         "dataset": ds.get("name", run.get("dataset")), "fingerprint": ds.get("fingerprint"),
         "protocol": m.get("protocol_name", run.get("protocol")), "protocol_hash": m.get("protocol_hash"),
-        "convention": m.get("convention"),
+        "convention": m.get("convention"), "precision": precision_of(m),
         "pretrained": m.get("pretrained", m.get("weights") is not None), "weights": m.get("weights"),
         **{k: m.get(k) for k in ("parameters", "gflops", "train_images_per_second", "train_seconds",
-                                 "wall_seconds", "iterations", "lr", "lr_source")},
+                                 "wall_seconds", "iterations", "lr", "lr_source", "peak_host_memory_mb",
+                                 "peak_cuda_memory_mb")},
     }
+
 
 
 def _cohort_key(row: pd.Series) -> tuple:
@@ -102,7 +106,8 @@ def mismatch_message(cohorts: list[dict], hint: bool = True) -> str:
     sides = []
     for c in cohorts:
         who = "; ".join(f"{m} seed{'s' if len(s) > 1 else ''} {','.join(map(str, s))}" for m, s in c["runs"].items())
-        sides.append(f"{c['dataset']}/{c['protocol']} hash {c['protocol_hash']} convention {c['convention']} ({who})")
+        sides.append(f"{c['dataset']}/{c['protocol']} hash {c['protocol_hash']} {c['precision']} convention "
+                     f"{c['convention']} ({who})")
     text = f"runs differ in {', '.join(differ)} and are not comparable: " + " | ".join(sides)
     if hint:
         text += (". Select one with --dataset / --protocol / --convention, or pass --allow-mixed to show "
@@ -173,11 +178,11 @@ def load_runs(
                   dict(sorted(organs.items())))
 
 
-def train_logs(loaded: Loaded) -> pd.DataFrame:
-    """train_log.csv of every run that has one, with arm and seed columns (failed runs too)."""
+def train_logs(loaded: Loaded, name: str = TRAIN_LOG) -> pd.DataFrame:
+    """train_log.csv (or ``name``) of every run that has one, with arm and seed columns (failed runs too)."""
     frames = []
     for r in loaded.runs.itertuples():
-        path = Path(r.path) / TRAIN_LOG
+        path = Path(r.path) / name
         if path.exists():
             try:
                 log = pd.read_csv(path)
@@ -185,3 +190,8 @@ def train_logs(loaded: Loaded) -> pd.DataFrame:
                 continue  # a torn log only costs its curve
             frames.append(log.assign(arm=r.arm, seed=r.seed, status=r.status))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def validation_logs(loaded: Loaded) -> pd.DataFrame:
+    """validation_log.csv of runs that validated during training (``validation.during_run``)."""
+    return train_logs(loaded, VALIDATION_LOG)

@@ -100,14 +100,17 @@ def heatmap(table: pd.DataFrame, out: Path) -> Plot | None:
                 "over organs.", save(fig, out, "heatmap_dice"))
 
 
-def learning_curves(logs: pd.DataFrame, out: Path) -> Plot | None:
-    """Training loss (raw and a moving mean) and learning rate against iteration, one line per run."""
+def learning_curves(logs: pd.DataFrame, out: Path, validation: pd.DataFrame | None = None) -> Plot | None:
+    """Training loss (raw and a moving mean) and learning rate against iteration, one line per run;
+    with ``validation`` rows (runs that validated during training), a third panel of validation DSC."""
     if logs.empty or not {"iteration", "loss", "lr"} <= set(logs.columns):
         return None
+    val = validation if validation is not None and {"iteration", "dice"} <= set(validation.columns) else None
     arms = sorted(logs["arm"].unique())
     colors = palette(arms)
-    fig = _figure(10.5, 3.8)
-    ax_loss, ax_lr = fig.subplots(1, 2)
+    fig = _figure(15.5 if val is not None else 10.5, 3.8)
+    axes = fig.subplots(1, 3 if val is not None else 2)
+    ax_loss, ax_lr = axes[0], axes[1]
     for (arm, seed), g in logs.groupby(["arm", "seed"], sort=True):
         g = g.sort_values("iteration")
         window = max(1, len(g) // 50)
@@ -119,10 +122,17 @@ def learning_curves(logs: pd.DataFrame, out: Path) -> Plot | None:
     ax_loss.set(xlabel="iteration", ylabel="training loss (CE + Dice)", title="Loss")
     ax_lr.set(xlabel="iteration", ylabel="learning rate", title="Learning rate")
     ax_loss.legend(fontsize=7)
-    for ax in (ax_loss, ax_lr):
+    caption = ("Training loss (faint: per iteration; solid: moving mean) and learning rate against iteration, "
+               "one line per run.")
+    if val is not None:
+        for (arm, _seed), g in val.groupby(["arm", "seed"], sort=True):
+            g = g.sort_values("iteration")
+            axes[2].plot(g["iteration"], 100 * g["dice"], marker="o", markersize=3, color=colors.get(arm, "gray"))
+        axes[2].set(xlabel="iteration", ylabel="validation DSC (%)", title="Validation (held-out training cases)")
+        caption += " Right: mean foreground DSC on the held-out training cases (validation.during_run)."
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return Plot("learning_curves", "Learning curves", "Training loss (faint: per iteration; solid: moving mean) "
-                "and learning rate against iteration, one line per run.", save(fig, out, "learning_curves"))
+    return Plot("learning_curves", "Learning curves", caption, save(fig, out, "learning_curves"))
 
 
 def read_study(path: Path) -> pd.DataFrame | None:

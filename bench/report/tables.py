@@ -78,7 +78,7 @@ def fairness_note(loaded: Loaded) -> str:
     parts = []
     for c in loaded.cohorts:
         parts.append(f"dataset {c['dataset']} (split {str(c['fingerprint'])[:12]}), protocol {c['protocol']} "
-                     f"(hash {c['protocol_hash']}), convention {c['convention']}")
+                     f"(hash {c['protocol_hash']}, {c['precision']}), convention {c['convention']}")
     if loaded.mixed:
         parts = ["MIXED, not comparable: " + " | ".join(parts)]
     seeds = {a: sorted(g["seed"].tolist()) for a, g in loaded.complete.groupby("arm", sort=True)}
@@ -150,10 +150,15 @@ def _mean_of(g: pd.DataFrame, col: str):
     return v.mean() if len(v) else math.nan
 
 
+def _max_of(g: pd.DataFrame, col: str):
+    v = pd.to_numeric(g[col], errors="coerce").dropna()
+    return v.max() if len(v) else math.nan
+
+
 def compute_table(loaded: Loaded) -> Table:
     """Per model: weights, size, cost and speed (means over its complete runs)."""
     header = ["model", "pretrained", "parameters (M)", "GFLOPs", "train images/s", "train time (s)",
-              "wall time per run (s)", "lr", "runs complete"]
+              "wall time per run (s)", "peak host memory (MB)", "peak CUDA memory (MB)", "lr", "runs complete"]
     rows, raw = [], []
     pre = pretrained_by_arm(loaded)
     for arm, g in loaded.runs.groupby("arm", sort=True):
@@ -164,14 +169,18 @@ def compute_table(loaded: Loaded) -> Table:
         r = {"model": arm, "pretrained": pre[arm], "parameters": _mean_of(src, "parameters"),
              "gflops": _mean_of(src, "gflops"), "train_images_per_second": _mean_of(ok, "train_images_per_second"),
              "train_seconds": _mean_of(ok, "train_seconds"), "wall_seconds": _mean_of(ok, "wall_seconds"),
-             "lr": ", ".join(lrs),
+             "peak_host_memory_mb": _max_of(ok, "peak_host_memory_mb"),
+             "peak_cuda_memory_mb": _max_of(ok, "peak_cuda_memory_mb"), "lr": ", ".join(lrs),
              "complete": len(ok), "runs": len(g)}
         raw.append(r)
         rows.append([arm, r["pretrained"], num(r["parameters"], 2, 1e-6), num(r["gflops"], 2),
                      num(r["train_images_per_second"], 2), num(r["train_seconds"], 1), num(r["wall_seconds"], 1),
+                     num(r["peak_host_memory_mb"], 0), num(r["peak_cuda_memory_mb"], 0),
                      r["lr"] or "-", f"{len(ok)} / {len(g)}"])
-    return Table("compute", "Compute: parameters, GFLOPs per image (- when not recorded), training speed and time",
-                 header, rows, fairness_note(loaded), data=pd.DataFrame(raw), numeric={2, 3, 4, 5, 6})
+    return Table("compute", "Compute: parameters, GFLOPs per image, training speed and time, peak memory (the "
+                 "largest over a model's runs; host: PSS of the training process and its data workers; CUDA: "
+                 "max_memory_allocated); - when not recorded", header, rows, fairness_note(loaded),
+                 data=pd.DataFrame(raw), numeric={2, 3, 4, 5, 6, 7, 8})
 
 
 def runs_table(loaded: Loaded) -> Table:

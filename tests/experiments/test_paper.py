@@ -34,6 +34,22 @@ def test_spec_expansion_knob_kinds():
     assert sizes[0].protocol.hash() != sizes[1].protocol.hash()
 
 
+def test_set_overrides_reach_every_row_and_every_command():
+    from bench.experiments.options import RunOptions
+
+    skips = expand(load_spec(ROOT / "ablations/swinunet-skips.yaml"), protocol="smoke", sets=["precision=bf16"])
+    assert {(r.protocol.name, r.protocol.precision) for r in skips} == {("smoke@precision=bf16", "bf16")}
+    sizes = expand(load_spec(ROOT / "ablations/swinunet-input-size.yaml"), protocol="smoke", sets=["batch_size=4"])
+    assert [(r.protocol.name, r.protocol.batch_size) for r in sizes] == [
+        ("smoke@batch_size=4@input_size=224", 4), ("smoke@batch_size=4@input_size=384", 4)]
+    opts = RunOptions(protocol="smoke", sets=["batch_size=4"], track=["tensorboard"])
+    proto = opts.load_protocol(iterations=7)  # --set first, then the command's own flags
+    assert (proto.name, proto.batch_size, proto.iterations) == ("smoke@batch_size=4", 4, 7)
+    assert RunOptions().load_protocol().name == "cpu"
+    with pytest.raises(BenchError, match="unknown tracker 'nope'"):
+        RunOptions(track=["nope"])
+
+
 @pytest.mark.parametrize("text, needle", [
     ("base: swinunet\nknob: skip_connections\nvalues: [0]\nseed: [1]\n", "unknown key 'seed'"),
     ("base: swinunet\n", "either 'knob' with 'values', or 'variants'"),

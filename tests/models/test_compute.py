@@ -76,6 +76,27 @@ def _rows(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
+class _DtypeSpy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.dtypes: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if torch.is_grad_enabled():  # the training steps, not the class-count probe
+            self.dtypes.add(y.dtype)
+        return y
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_measure_training_runs_at_the_given_precision(precision: str, dtype: torch.dtype) -> None:
+    spy = _DtypeSpy()
+    speed = measure_training(spy, 16, batch=2, steps=1, warmup=0, device="cpu", precision=precision)
+    assert spy.dtypes == {dtype} and speed.precision == precision
+    assert speed.step_seconds > 0 and speed.images_per_second == pytest.approx(2 / speed.step_seconds)
+
+
 def _conv_gflops_by_hand(model: nn.Module, size: int) -> float:
     """2 * C_out * (C_in / groups) * k_h * k_w * H_out * W_out over every convolution, from forward hooks
     (independent of models.compute). For the all-convolutional U-Net that is every counted FLOP."""
@@ -99,11 +120,15 @@ def test_bench_models_cli() -> None:
     assert params == "24,898,953"  # shared/reference/synapse-protocol.md: 1 input channel, 9 classes
     by_hand = _conv_gflops_by_hand(create_model("unet", num_classes=9, img_size=64), 64)
     assert by_hand > 5 and float(flops) == pytest.approx(by_hand, abs=0.01)
-    res = bench_cli("models", "transunet-t*", "--img-size", "64", "--measure", "--batch", "2", "--device", "cpu")
+    res = bench_cli("models", "transunet-t*", "--img-size", "64", "--measure", "--batch", "2", "--device", "cpu",
+                    "--protocol", "smoke", "--set", "precision=bf16")
     assert res.returncode == 0, res.stderr
-    _, _, rate, memory = _rows(res.stdout)["transunet-tiny"]
+    _, _, step_ms, rate, memory = _rows(res.stdout)["transunet-tiny"]
     assert float(rate) > 0 and re.fullmatch(r"[\d,]+ \(\+[\d,]+\)", memory)
-    assert "training batch 2 on cpu" in res.stdout
+    assert float(step_ms.replace(",", "")) == pytest.approx(2000 / float(rate), rel=0.02)
+    assert "training batch 2 on cpu in bf16" in res.stdout
+    res = bench_cli("models", "unet", "--measure", "--device", "cpu", "--protocol", "smoke", "--set", "precision=fp16")
+    assert res.returncode == 2 and "precision fp16 is not available on cpu" in res.stderr
 
     # any smp name works; a size a model can't take is a row, not a crash, and the exit status says so
     res = bench_cli("models", "smp-linknet-resnet18", "--img-size", "80")

@@ -22,17 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import pandas as pd
 import torch
 from optuna.samplers import BaseSampler, TPESampler
 
 from bench.data.resolve import resolve_dataset
-from bench.data.splits import validation_view
-from bench.data.synapse import Dataset, case_of
+from bench.data.synapse import Dataset
 from bench.engine.evaluation import evaluate_model
+from bench.engine.numerics import check_precision
 from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS
 from bench.engine.runner import RunSpec
+from bench.engine.tracking import Tracking
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
+from bench.engine.validation import held_out_view, mean_foreground
 from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments.options import RunOptions
@@ -46,11 +47,10 @@ from bench.experiments.tune.studies import (
     study_name,
 )
 from bench.files import write_json
-from bench.protocol import Protocol, load_protocol
+from bench.protocol import Protocol
 from models import create_model, is_model, list_models
 
 SEARCHABLE = ("lr", "weight_decay", "batch_size")
-SPLIT_SEED = 0  # the validation cases depend on the dataset and the fraction only
 
 
 class TrialSeededTPE(BaseSampler):
@@ -94,22 +94,6 @@ def make_pruner(protocol: Protocol) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def mean_foreground_dice(metrics: pd.DataFrame) -> float:
-    """Mean over organs of the per-organ mean DSC over cases (NaN cases skipped)."""
-    dice = metrics[(metrics["metric"] == "dice") & (metrics["label"] != 0)]
-    return float(dice.groupby("label")["value"].mean().mean())
-
-
-def tuning_view(ds: Dataset, protocol: Protocol) -> Dataset:
-    """Train on most training cases, validate on the rest; refuses anything touching a test case."""
-    view = validation_view(ds, protocol.validation.fraction, SPLIT_SEED)
-    touched = set(view.test_cases) | {case_of(s) for s in view.train_slices}
-    if ds.eval_split == "test" and touched & set(ds.test_cases):
-        raise BenchError(f"{ds.root}: the validation split shares cases with the test list: "
-                         f"{', '.join(sorted(touched & set(ds.test_cases)))}")
-    return view
-
-
 @dataclass
 class Search:
     """What one ``bench tune`` process does to one study."""
@@ -123,13 +107,17 @@ class Search:
     device: torch.device = torch.device("cpu")
     added: int = 0  # trials this process finished (other workers may add more meanwhile)
     interrupted: bool = False
+    track: tuple[str, ...] = ()  # live trackers (--track), one tracked run per trial
+    results: Path = Path("results")
+    dataset: str = ""
 
 
 class _Scorer:
     """The ``on_iteration`` callback: validate at the interval and at the end, report, prune."""
 
-    def __init__(self, trial: optuna.Trial, model: torch.nn.Module, s: Search, protocol: Protocol) -> None:
-        self.trial, self.model, self.s, self.protocol = trial, model, s, protocol
+    def __init__(self, trial: optuna.Trial, model: torch.nn.Module, s: Search, protocol: Protocol,
+                 tracker: Tracking | None = None) -> None:
+        self.trial, self.model, self.s, self.protocol, self.tracker = trial, model, s, protocol, tracker
         self.max_iter = protocol.max_iterations(len(s.view.train_slices))
         self.interval = protocol.validation.interval or self.max_iter
         self.score: float | None = None
@@ -139,10 +127,12 @@ class _Scorer:
             return
         metrics = evaluate_model(self.model, self.s.view, self.protocol.input_size, self.protocol.evaluation,
                                  self.s.device)
-        score = mean_foreground_dice(metrics)
+        score = mean_foreground(metrics, "dice")
         if not np.isfinite(score):
             raise RuntimeError(f"validation DSC is {score} at iteration {done} (no organ in the validation cases?)")
         self.score = score
+        if self.tracker is not None:
+            self.tracker.log({"val/dice": score}, done)
         self.trial.report(score, done)
         if done < self.max_iter and self.trial.should_prune():
             raise optuna.TrialPruned(f"validation DSC {score:.4f} at iteration {done}")
@@ -173,15 +163,22 @@ def _objective(s: Search, study: optuna.Study, progress, say):
                   "protocol_hash": s.protocol.hash(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         t0 = time.perf_counter()
+        tracker = Tracking(s.track, results=s.results, run_dir=run_dir, experiment=f"segbench/{s.dataset}",
+                           name=f"tune/{s.study}/trial{trial.number}", say=say,
+                           params={"study": s.study, "trial": trial.number, "model": s.model, "seed": seed,
+                                   "protocol": s.protocol.name, "protocol_hash": s.protocol.hash(),
+                                   "precision": s.protocol.precision})
         try:
             lr, protocol = _suggest(trial, s)
             record["params"] = dict(trial.params)
+            tracker.params |= {f"trial.{k}": v for k, v in trial.params.items()}
             seed_everything(seed)
             model = create_model(s.model, num_classes=s.view.num_classes, in_channels=1,
                                  img_size=protocol.input_size)
-            scorer = _Scorer(trial, model, s, protocol)
+            scorer = _Scorer(trial, model, s, protocol, tracker)
             label = f"{s.model} trial {trial.number} (lr {lr:.2e})"
-            train(model, s.view, protocol, seed, run_dir, lr, s.device, progress, label, say, on_iteration=scorer)
+            train(model, s.view, protocol, seed, run_dir, lr, s.device, progress, label, say, on_iteration=scorer,
+                  tracker=tracker)
             record.update(state="COMPLETE", value=scorer.score)
             return scorer.score
         except optuna.TrialPruned as e:
@@ -202,6 +199,7 @@ def _objective(s: Search, study: optuna.Study, progress, say):
             trial.set_user_attr("error", record["error"])
             raise
         finally:
+            tracker.close({"COMPLETE": "complete", "PRUNED": "pruned"}.get(record.get("state"), "failed"))
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
             for name in (CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS):
                 (run_dir / name).unlink(missing_ok=True)  # keep the training log, not the weights
@@ -302,13 +300,14 @@ def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: fl
         raise BenchError(f"--study names one study per model: {len(studies)} names for {len(models)} models")
     params = parse_search(search_space)
     console, progress, results = opts.console, opts.progress, opts.results
-    proto = load_protocol(opts.protocol or "cpu")
+    proto = opts.load_protocol()
     ranges = {k: v for k, v in (("lr_min", lr_min), ("lr_max", lr_max)) if v is not None}
     proto = proto.override(iterations=opts.iterations, tuning=proto.tuning.model_dump() | ranges if ranges else None)
     ds = resolve_dataset(opts.dataset or "synthetic", say=console.print, data_root=opts.data_root, fold=opts.fold)
-    view = tuning_view(ds, proto)
+    view = held_out_view(ds, proto)  # the cases bench run validates on, too
     url = storage or default_storage_url(results)
     dev = pick_device(opts.device)
+    check_precision(proto.precision, dev)
     check_models([(RunSpec(m, 0, proto.base_lr, "tuning"), proto) for m in models], ds)
     t = proto.tuning
     console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/]: training on "
@@ -322,7 +321,8 @@ def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: fl
         store = open_storage(url)
         for i, model in enumerate(models):
             name = studies[i] if studies else study_name(ds.name, model, proto)
-            s = Search(model, name, view, proto, study_dir(results, name), params, dev)
+            s = Search(model, name, view, proto, study_dir(results, name), params, dev, track=tuple(opts.track),
+                       results=results, dataset=ds.name)
             study = load_or_create_study(store, s.study, _attrs(s, ds), TrialSeededTPE(t.sampler_seed),
                                          make_pruner(proto))
             try:
