@@ -41,9 +41,12 @@ def _csv(value: str | None) -> list[str]:
 def _seeds(value: str | None) -> list[int]:
     """``--seeds 0,1`` as integers; empty means the protocol's (or a spec's) seeds."""
     try:
-        return [int(v) for v in _csv(value)]
+        seeds = [int(v) for v in _csv(value)]
     except ValueError:
         raise BenchError(f"--seeds expects comma-separated integers, got '{value}'") from None
+    if any(s < 0 for s in seeds):
+        raise BenchError(f"--seeds: seeds are integers >= 0, got '{value}'")
+    return seeds
 
 
 def _parse_weights(items: list[str]) -> dict[str, str]:
@@ -83,6 +86,8 @@ def run(
     keep_weights: bool = KEEP_WEIGHTS,
     sets: list[str] = SETS,
     track: str | None = TRACK,
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the full report (HTML, plots, "
+                                "statistics) after the runs; the summary table is printed either way."),
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.experiments.sweep import sweep
@@ -90,7 +95,7 @@ def run(
     opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, data_root=data_root, fold=fold,
                       seeds=_seeds(seeds), results=results, reports=reports, iterations=iterations,
                       checkpoint_every=checkpoint_every, device=device, force=force, keep_weights=keep_weights,
-                      track=_csv(track), console=console)
+                      track=_csv(track), report=report, console=console)
     raise typer.Exit(sweep(_csv(models), opts, lr=lr, weights=_parse_weights(weights), storage=storage,
                            studies=_csv(study)))
 
@@ -143,7 +148,8 @@ def models_cmd(
     sets: list[str] = SETS,
 ) -> None:
     """List registered models with parameters and forward GFLOPs per image (and, with --measure,
-    training step time, speed and peak memory). A multiply-add counts as 2 FLOPs."""
+    training step time, speed and peak memory). A multiply-add counts as 2 FLOPs. Exit status 1 if
+    a model cannot be built."""
     from rich.table import Table
 
     from bench.engine.numerics import check_precision
@@ -164,6 +170,7 @@ def models_cmd(
     table = Table(title=f"models at {img_size} x {img_size}, {num_classes} classes{where}")
     for column in ["name", "parameters", "GFLOPs", *(["step ms", "images/s", memory] if measure else [])]:
         table.add_column(column, justify="left" if column == "name" else "right")
+    failed = 0
     for name in names:
         try:
             model = create_model(name, num_classes=num_classes, img_size=img_size)
@@ -176,9 +183,13 @@ def models_cmd(
             table.add_row(*row)
         except Exception as e:  # a model that can't be built at this size is a row, not a crash
             table.add_row(name, f"[red]{type(e).__name__}: {e}[/]")
+            failed += 1
         finally:
             model = None  # free it before the next one
     console.print(table)
+    if failed:
+        err_console.print(f"[red]{failed} of {len(names)} models could not be built[/]", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -374,11 +385,17 @@ def _user_error(e: BaseException) -> bool:
 
 def main() -> None:
     """The ``bench`` entry point: usage errors as click prints them (exit 2); the project's own
-    errors as one line (exit 2); anything else is a bug and keeps its traceback."""
+    errors and OS errors on a named file as one line (exit 2); anything else is a bug and keeps
+    its traceback."""
     try:
         app()  # standalone: click prints usage errors with their hint and exits 2
     except Exception as e:
-        if not _user_error(e):
-            raise
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        if _user_error(e):
+            err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        if isinstance(e, OSError) and e.filename is not None:
+            # A file the user named or a folder the user pointed at (read-only, missing, full disk):
+            # one line naming it. An OSError without a file name is not about user input: a bug.
+            err_console.print(f"[red]error:[/] {e.filename}: {e.strerror or e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        raise

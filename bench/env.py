@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from bench.errors import BenchError
+
 PACKAGES = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "numpy", "scipy", "medpy", "pandas")
 
 
@@ -54,6 +56,26 @@ def device_info(device: torch.device) -> dict:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device to run on: ``auto`` (a GPU if there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    A device this machine does not have is refused here, before anything runs.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise BenchError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise BenchError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BenchError(f"--device {name}: there are {torch.cuda.device_count()} GPUs (cuda:0 .. "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise BenchError(f"--device {name}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise BenchError(f"--device {name}: segbench runs on auto, cpu, cuda, cuda:N or mps")
+    return device

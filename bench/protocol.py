@@ -11,14 +11,22 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.errors import BenchError
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
+
+# Ranges checked when a protocol is loaded, so a value that can only fail (or silently mislead)
+# later is refused before any training: a zero budget, a probability of 7.5, a negative seed.
+Count = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -27,28 +35,41 @@ class _Strict(BaseModel):
 
 class Optimizer(_Strict):
     name: Literal["sgd"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: Probability = 0.9
+    weight_decay: NonNegative = 1e-4
 
 
 class Loss(_Strict):
-    ce: float = 0.4
-    dice: float = 0.6
+    ce: NonNegative = 0.4
+    dice: NonNegative = 0.6
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> Loss:
+        if self.ce == 0 and self.dice == 0:
+            raise ValueError("loss.ce and loss.dice are both 0: the model would learn nothing")
+        return self
 
 
 class Augmentation(_Strict):
     """The official RandomGenerator: rot90+flip with p, else a small rotation with p."""
 
-    rot_flip_p: float = 0.5
-    rotate_p: float = 0.5
-    rotate_degrees: int = 20
+    rot_flip_p: Probability = 0.5
+    rotate_p: Probability = 0.5
+    rotate_degrees: Annotated[int, Field(ge=0, le=180)] = 20
+
+    @model_validator(mode="after")
+    def _some_angle(self) -> Augmentation:
+        if self.rotate_p > 0 and self.rotate_degrees == 0:
+            raise ValueError("augmentation.rotate_degrees is 0 while rotate_p is not: set rotate_p: 0 to turn "
+                             "rotations off")
+        return self
 
 
 class Evaluation(_Strict):
     convention: Literal["synapse", "strict"] = "synapse"
     resize: Literal["nearest-label", "bilinear-logits"] = "bilinear-logits"
-    batch_size: int = 24
-    nsd_tolerance_mm: float = 2.0
+    batch_size: Count = 24
+    nsd_tolerance_mm: NonNegative = 2.0
 
 
 class Validation(_Strict):
@@ -86,7 +107,7 @@ class Tuning(_Strict):
     weight_decay_max: float = 1e-2
     batch_sizes: list[int] = []  # choices; empty: half, the same as and double the protocol's
     pruner: Literal["median", "none"] = "median"
-    sampler_seed: int = 0
+    sampler_seed: Seed = 0
 
     @model_validator(mode="after")
     def _check(self) -> Tuning:
@@ -101,24 +122,24 @@ class Tuning(_Strict):
 class Protocol(_Strict):
     name: str
     description: str = ""
-    seeds: list[int] = [1234]
-    input_size: int = 224
-    batch_size: int = 24
-    base_lr: float = 0.05
+    seeds: list[Seed] = [1234]
+    input_size: Count = 224
+    batch_size: Count = 24
+    base_lr: PositiveFloat = 0.05
     # "official" reproduces Swin-Unet's hidden rule (scale by batch/24 when batch % 6 == 0).
     lr_scaling: Literal["none", "linear", "official"] = "none"
-    poly_power: float = 0.9
-    epochs: int | None = None
-    iterations: int | None = None
+    poly_power: NonNegative = 0.9
+    epochs: Count | None = None
+    iterations: Count | None = None
     optimizer: Optimizer = Optimizer()
     loss: Loss = Loss()
     augmentation: Augmentation = Augmentation()
     evaluation: Evaluation = Evaluation()
     validation: Validation = Validation()
     tuning: Tuning = Tuning()
-    checkpoint_every: int = 500
-    num_workers: int = 0
-    divergence_loss: float = 1e4  # a loss above this (or NaN) stops the run as diverged
+    checkpoint_every: Count = 500
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    divergence_loss: PositiveFloat = 1e4  # a loss above this (or NaN) stops the run as diverged
     # fp32: no autocast (the official recipe); bf16: autocast to bfloat16 (CUDA or CPU);
     # fp16: autocast to float16 with a gradient scaler (CUDA only).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -128,9 +149,8 @@ class Protocol(_Strict):
     def _schedule(self) -> Protocol:
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("set exactly one of 'epochs' and 'iterations'")
-        for key in ("input_size", "batch_size", "checkpoint_every"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be positive")
+        if not self.name or self.name != Path(self.name).name or self.name in (".", ".."):
+            raise ValueError(f"name {self.name!r} must be a plain folder name (it names the runs' folder)")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
         return self
@@ -166,7 +186,8 @@ class Protocol(_Strict):
         try:
             return Protocol.model_validate(data)
         except ValidationError as e:
-            raise BenchError(f"invalid override: {_first_error(e)}") from None
+            given = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
+            raise BenchError(f"invalid override {given}: {_first_error(e)}") from None
 
 
 # Keys added after results existed, at the values that reproduce what a run did before the key
@@ -201,7 +222,7 @@ def _first_error(e: ValidationError) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
-    return f"key '{key}': {err['msg']}"
+    return f"key '{key}': {err['msg'].removeprefix('Value error, ')}"
 
 
 def load_protocol(name_or_path: str) -> Protocol:
@@ -221,7 +242,11 @@ def load_protocol(name_or_path: str) -> Protocol:
 def load_yaml_model(path: Path, model: type[BaseModel], defaults: dict | None = None):
     """The one parsing path for YAML specs: errors name the file and the offending key."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise BenchError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise BenchError(f"{path}: cannot read it ({e.strerror})") from None
     except yaml.YAMLError as e:
         raise BenchError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -15,6 +15,7 @@ import fnmatch
 from collections.abc import Callable, Mapping
 from functools import partial
 
+import torch
 import torch.nn as nn
 
 from models.weights import WeightsFilter, load_weights
@@ -103,3 +104,22 @@ def create_model(
     if weights is not None:
         load_weights(model, weights, weights_filter=weights_filter)
     return model
+
+
+def check_model_args(name: str, num_classes: int = 9, in_channels: int = 1, img_size: int = 224, **knobs) -> None:
+    """Raise the builder's own error (ValueError, TypeError) if ``name`` cannot be built with these
+    arguments, e.g. an input size Swin-Unet's patches and windows cannot tile, or an unknown knob.
+
+    The model is built on the meta device (no memory, no initialisation), or, for a builder that
+    computes with its tensors while building, on the CPU.
+    """
+    builder, _ = _entry(name)
+    try:
+        with torch.device("meta"):
+            builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
+        return
+    except (ValueError, TypeError):
+        raise
+    except (RuntimeError, NotImplementedError):  # e.g. ``.item()`` on a meta tensor
+        pass
+    builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)

@@ -232,7 +232,7 @@ class SwinUnet(nn.Module):
         grid = self.patch_embed.grid_size
         dims = [embed_dim * 2**i for i in range(num_stages)]
         res = [(grid[0] // 2**i, grid[1] // 2**i) for i in range(num_stages)]
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # plain numbers, on any device
         stage_dpr = [dpr[sum(depths[:i]):sum(depths[:i + 1])] for i in range(num_stages)]
         common = dict(window_size=self.window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                       drop=drop_rate, attn_drop=attn_drop_rate)

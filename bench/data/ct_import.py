@@ -10,7 +10,6 @@ CT intensities are clipped to a window (default [-125, 275] HU) and scaled to [0
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,10 +18,10 @@ import SimpleITK as sitk
 
 from bench.data import layout
 from bench.data.labelmaps import BTCV, LabelMap
+from bench.data.names import check_case_name
 from bench.errors import BenchError
 
 CT_WINDOW = (-125.0, 275.0)
-CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(_[A-Za-z0-9.-]+)*$")
 # The official Synapse split of the 30 labelled BTCV scans (lists/lists_Synapse).
 BTCV_TRAIN = ("0005", "0006", "0007", "0009", "0010", "0021", "0023", "0024", "0026", "0027", "0028",
               "0030", "0031", "0033", "0034", "0037", "0039", "0040")
@@ -30,8 +29,10 @@ BTCV_TEST = ("0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "00
 
 
 def check_case_id(case: str) -> str:
-    if not CASE_ID.match(case) or "_slice" in case:
-        raise BenchError(f"--case-id '{case}': use letters, digits, '.', '-' and '_' (not '_slice'), "
+    """The one case-name rule (bench.data.names), and no '_slice': slice names are made from it."""
+    check_case_name(case, "--case-id")
+    if "_slice" in case:
+        raise BenchError(f"--case-id '{case}': may not contain '_slice' (slice names are <case>_sliceNNN), "
                          "e.g. case0041")
     return case
 

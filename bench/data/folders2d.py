@@ -142,7 +142,11 @@ def _class_names(root: Path) -> list[str] | None:
     path = root / CLASS_FILE
     if not path.exists():
         return None
-    names = [s.strip() for s in path.read_text().splitlines() if s.strip() and not s.startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BenchError(f"{path}: unreadable class names ({e})") from None
+    names = [s.strip() for s in text.splitlines() if s.strip() and not s.startswith("#")]
     if names and names[0].lower() in ("background", "bg"):
         names = names[1:]
     if not names or len(names) > 255:

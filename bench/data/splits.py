@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.layout import read_meta
+from bench.data.names import check_case_name
 from bench.data.synapse import Dataset, case_of, validation_split
 from bench.errors import BenchError
 from bench.files import atomic_text
@@ -66,6 +67,8 @@ def check_splits(doc, path: Path) -> None:
             raise BenchError(f"{path}: '{what}' must be a list of case ids")
         if len(set(value)) != len(value):
             raise BenchError(f"{path}: '{what}' lists a case twice")
+        for name in value:
+            check_case_name(name, f"{path}, '{what}'")
         return set(value)
 
     if not isinstance(doc, dict):

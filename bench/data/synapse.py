@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bench.data.names import read_names
 from bench.errors import BenchError
 
 LIST_DIR = Path("lists") / "lists_Synapse"
@@ -47,12 +48,7 @@ class Dataset:
 
 
 def _read_list(path: Path) -> list[str]:
-    if not path.exists():
-        raise BenchError(f"{path}: case list not found")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise BenchError(f"{path}: case list is empty")
-    return names
+    return read_names(path)
 
 
 def open_synapse(root: Path, name: str, organs: dict[int, str]) -> Dataset:

@@ -1,10 +1,11 @@
 """Up-front checks of a dataset in the Synapse layout, so bad data fails in a second, not mid-run.
 
-Checked: every listed file is present; each training slice is a readable npz with ``image`` and
-``label``, 2D, equal shapes, a float image and an integer-valued label within 0..C-1; each test
-volume likewise (3D, D x H x W) with a valid ``spacing`` attribute if it has one. Label values
-are read in full, images only as far as their headers. A passing check is remembered in the
-cache, keyed by every file's size and modification time, so the official 2,211-slice set is
+Checked: every listed name follows the case-name rule and its file is present; each training
+slice is a readable npz with ``image`` and ``label``, 2D, equal shapes, a float image with no NaN
+or infinite value and an integer-valued label within 0..C-1; each test volume likewise (3D,
+D x H x W, at least one slice) with a valid ``spacing`` attribute if it has one. A bad value is
+named by file (and slice). Everything is read in full, once: a passing check is remembered in
+the cache, keyed by every file's size and modification time, so the official 2,211-slice set is
 read once, not on every run.
 """
 from __future__ import annotations
@@ -16,22 +17,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bench.data.names import read_names
 from bench.data.synapse import LIST_DIR
 from bench.errors import BenchError
 from bench.paths import cache_dir
 
-VERSION = 1
+VERSION = 2  # 2: images read in full for NaN / Inf, empty volumes refused
 
 
 def _listed(root: Path) -> tuple[list[Path], list[Path]]:
-    lists = {}
-    for name in ("train.txt", "test_vol.txt"):
-        path = root / LIST_DIR / name
-        if not path.is_file():
-            raise BenchError(f"{path}: case list not found")
-        lists[name] = [s.strip() for s in path.read_text().splitlines() if s.strip()]
-        if not lists[name]:
-            raise BenchError(f"{path}: case list is empty")
+    lists = {name: read_names(root / LIST_DIR / name) for name in ("train.txt", "test_vol.txt")}
     train = [root / "train_npz" / f"{s}.npz" for s in lists["train.txt"]]
     test = [root / "test_vol_h5" / f"{c}.npy.h5" for c in lists["test_vol.txt"]]
     for files, name in ((train, "train.txt"), (test, "test_vol.txt")):
@@ -66,20 +61,6 @@ def _check_image_dtype(dtype: np.dtype, where: str) -> None:
         raise BenchError(f"{where}: image has dtype {dtype}, expected float (scaled to [0, 1])")
 
 
-def _header(f) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a .npy stream without reading its data."""
-    fmt = np.lib.format
-    version = fmt.read_magic(f)
-    if version == (1, 0):
-        shape, _, dtype = fmt.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, _, dtype = fmt.read_array_header_2_0(f)
-    else:
-        arr = fmt.read_array(f, allow_pickle=False)
-        shape, dtype = arr.shape, arr.dtype
-    return shape, dtype
-
-
 def check_slice(path: Path, num_classes: int) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -88,16 +69,19 @@ def check_slice(path: Path, num_classes: int) -> None:
                 if f"{key}.npy" not in members:
                     raise BenchError(f"{path}: no '{key}' array (keys: {', '.join(sorted(m[:-4] for m in members))})")
             with zf.open("image.npy") as f:
-                shape, dtype = _header(f)
+                image = np.lib.format.read_array(f, allow_pickle=False)
+            shape, dtype = image.shape, image.dtype
             with zf.open("label.npy") as f:
                 label = np.lib.format.read_array(f, allow_pickle=False)
     except BenchError:
         raise
     except Exception as e:  # truncated zip, bad header...
         raise BenchError(f"{path}: unreadable training slice ({type(e).__name__}: {e})") from None
-    if len(shape) != 2 or label.shape != shape:
-        raise BenchError(f"{path}: image {shape} and label {label.shape} must be equal 2D (H x W) arrays")
+    if len(shape) != 2 or label.shape != shape or 0 in shape:
+        raise BenchError(f"{path}: image {shape} and label {label.shape} must be equal 2D (H x W) arrays, not empty")
     _check_image_dtype(dtype, str(path))
+    if not np.isfinite(image).all():
+        raise BenchError(f"{path}: image has NaN or infinite values")
     _check_label(label, num_classes, str(path))
 
 
@@ -111,9 +95,16 @@ def check_volume(path: Path, num_classes: int) -> None:
             if image.ndim != 3 or image.shape != label.shape:
                 raise BenchError(f"{path}: image {image.shape} and label {label.shape} must be equal "
                                  "3D (D x H x W) arrays")
+            if 0 in image.shape:
+                raise BenchError(f"{path}: empty test volume ({'x'.join(map(str, image.shape))}): "
+                                 "a case needs at least one slice")
             _check_image_dtype(image.dtype, str(path))
             for start in range(0, label.shape[0], 32):
                 _check_label(label[start : start + 32], num_classes, str(path))
+                bad = ~np.isfinite(image[start : start + 32]).all(axis=(1, 2))
+                if bad.any():
+                    raise BenchError(f"{path}: slice {start + int(np.argmax(bad))} of the image has NaN or "
+                                     "infinite values")
             if "spacing" in f.attrs:
                 sp = np.asarray(f.attrs["spacing"], np.float64)
                 if sp.shape != (3,) or not np.all(sp > 0):

@@ -1,6 +1,7 @@
 """Scoring a trained model on a dataset's test volumes; rows in the long metrics format."""
 from __future__ import annotations
 
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import pandas as pd
 import torch
 from rich.progress import Progress
 
+from bench.data.names import check_case_name
 from bench.data.synapse import Dataset, load_volume
 from bench.engine.inference import predict_volume
 from bench.engine.metrics import evaluate_case
+from bench.errors import BenchError
 from bench.files import atomic_write
 from bench.protocol import Evaluation
 
@@ -20,6 +23,8 @@ PRED_DIR = "predictions"
 
 
 def save_prediction(run_dir: Path, case: str, pred: np.ndarray) -> None:
+    check_case_name(case, str(run_dir / PRED_DIR))  # lists are checked on reading; never write outside
+
     def write(path: Path) -> None:
         with open(path, "wb") as f:
             np.savez_compressed(f, pred=pred)
@@ -28,8 +33,15 @@ def save_prediction(run_dir: Path, case: str, pred: np.ndarray) -> None:
 
 
 def load_prediction(run_dir: Path, case: str) -> np.ndarray:
-    with np.load(run_dir / PRED_DIR / f"{case}.npz") as f:
-        return f["pred"]
+    """A saved prediction; FileNotFoundError if there is none, a BenchError naming a damaged one."""
+    path = run_dir / PRED_DIR / f"{case}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f["pred"]
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated, torn, not ours
+        raise BenchError(f"{path}: unreadable prediction ({type(e).__name__}: {e})") from None
 
 
 def score_case(pred: np.ndarray, ref: np.ndarray, spacing, organs: dict[int, str], ev: Evaluation) -> pd.DataFrame:

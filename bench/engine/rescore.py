@@ -7,7 +7,7 @@ import pandas as pd
 
 from bench.data.synapse import open_synapse
 from bench.engine.evaluation import rescore
-from bench.engine.results import METRICS, read_manifest, write_metrics
+from bench.engine.results import METRICS, metrics_problem, read_manifest, write_metrics
 from bench.errors import BenchError
 from bench.protocol import Evaluation
 
@@ -33,6 +33,9 @@ def rescore_run(run_dir: Path, convention: str | None = None, nsd_tolerance_mm: 
     missing = [c for c in ds.test_cases if not (run_dir / "predictions" / f"{c}.npz").exists()]
     if missing:
         raise BenchError(f"{run_dir}: no saved prediction for {', '.join(missing)}")
+    problem = metrics_problem(run_dir)
+    if problem is not None:
+        raise BenchError(f"{run_dir / METRICS} {problem}; `bench run` with the same options evaluates the run again")
     rows = rescore(run_dir, ds, ev)
     run = m["run"]
     for col, value in (("dataset", run["dataset"]), ("protocol", run["protocol"]), ("model", run["model"]),
@@ -40,5 +43,9 @@ def rescore_run(run_dir: Path, convention: str | None = None, nsd_tolerance_mm: 
         rows.insert(0, col, value)
     old = pd.read_parquet(run_dir / METRICS)
     merged = pd.concat([old[old["convention"] != ev.convention], rows], ignore_index=True)
-    write_metrics(run_dir / METRICS, merged)
+    try:
+        write_metrics(run_dir / METRICS, merged)
+    except OSError as e:
+        raise BenchError(f"{run_dir}: cannot write the re-scored metrics there ({e.strerror}); "
+                         "the run folder must be writable") from None
     return rows

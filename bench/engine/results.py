@@ -78,6 +78,18 @@ def read_metrics(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def metrics_problem(run_dir: Path) -> str | None:
+    """Why a run's metrics.parquet cannot be read (missing, truncated, torn), or None when it can."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return "is missing"
+    try:
+        pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises its own types for a torn file
+        return f"is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None
+
+
 MIN_FREE_BYTES = 1 << 30
 
 

@@ -29,6 +29,7 @@ from bench.engine.results import (
     TRAIN_LOG,
     RunId,
     RunLocked,
+    metrics_problem,
     read_manifest,
     run_lock,
     run_path,
@@ -37,6 +38,7 @@ from bench.engine.results import (
 from bench.engine.tracking import Tracking
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
 from bench.engine.validation import VALIDATION_LOG, Validator, held_out_view
+from bench.errors import BenchError
 from bench.files import write_json
 from bench.protocol import Protocol, recipe
 from models import create_model
@@ -145,7 +147,12 @@ def execute(
     try:
         old = read_manifest(run_dir)
         if old and old.get("status") == "complete" and same_run(old, key) and (not force or wait):
-            return Outcome(run, run_dir, "skipped", "already complete")
+            problem = metrics_problem(run_dir)
+            if problem is None:
+                return Outcome(run, run_dir, "skipped", "already complete")
+            # complete no more: evaluated again from model.pt (trained again only if it is gone)
+            again = "evaluating it again" if (run_dir / FINAL_WEIGHTS).is_file() else "training it again"
+            say(f"[yellow]{run_dir / METRICS} {problem}: {again}[/]")
         if force or (old and not same_run(old, key)):
             _clear(run_dir)  # other settings: a checkpoint from them must not be resumed
         tracker = Tracking(track, results=results, run_dir=run_dir, experiment=f"segbench/{run.dataset}",
@@ -216,7 +223,7 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
     except Diverged as e:
         status, message = "diverged", str(e)
     except Exception as e:  # one model's failure must not end the sweep
-        status, message = "failed", f"{type(e).__name__}: {e}"
+        status, message = "failed", str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         manifest["traceback"] = traceback.format_exc(limit=8)
     memory.__exit__(None, None, None)
     manifest.update(status=status, error=message or None, wall_seconds=round(time.perf_counter() - t0, 2),

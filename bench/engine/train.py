@@ -1,17 +1,17 @@
 """One training loop for every model: poly LR per iteration, CE + Dice, exact resume.
 
 Data order and augmentation come from (seed, epoch, index); dropout / drop-path draw from
-torch's RNG, whose state is saved in every checkpoint. A run killed at any point and resumed
-from its last checkpoint therefore ends with the same weights as an uninterrupted one.
+torch's RNG, whose state (with numpy's, Python's and CUDA's) is saved in every checkpoint and
+restored after everything that could draw from it is set up (starting the loader's iterator
+draws a seed from it). A run killed at any point and resumed from its last checkpoint therefore
+ends with the same weights, bit for bit, as an uninterrupted one.
 Precision and cuDNN flags come from the protocol (``bench.engine.numerics``), never from the device.
 ``train_log.csv`` grows by one row per iteration, written after that iteration's checkpoint.
 """
 from __future__ import annotations
 
 import csv
-import io
 import math
-import os
 import random
 import signal
 import time
@@ -26,8 +26,17 @@ from rich.progress import Progress
 from bench.data.sampling import training_loader
 from bench.data.synapse import Dataset
 from bench.engine import numerics
+from bench.engine.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_final,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+    save_final,
+)
 from bench.engine.losses import combined_loss
-from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS, TRAIN_LOG
+from bench.engine.results import FINAL_WEIGHTS, TRAIN_LOG
 from bench.files import atomic_write
 from bench.protocol import Protocol
 
@@ -58,52 +67,6 @@ class TrainResult:
     seconds: float
     images_per_second: float
     resumed_from: int
-
-
-def _save_checkpoint(run_dir: Path, state: dict) -> None:
-    path = run_dir / CHECKPOINT
-    prev = run_dir / (CHECKPOINT + ".prev")
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    if path.exists():
-        os.replace(path, prev)  # keep the last good one until the new one is in place
-    atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
-
-
-def _save_final(run_dir: Path, model: torch.nn.Module, iteration: int) -> None:
-    """The trained weights alone (half a checkpoint's size: no optimizer state is needed any more)."""
-    state = {"model": model.state_dict(), "iteration": iteration}
-    atomic_write(run_dir / FINAL_WEIGHTS, lambda p: torch.save(state, p))
-    for name in (CHECKPOINT, CHECKPOINT + ".prev"):
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def _read_state(path: Path, keys: set[str], weights_only: bool, say) -> dict | None:
-    """``path``'s dict if it exists, reads and holds ``keys``; a line and None if it is unreadable."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=weights_only)
-        if not keys <= set(state):
-            raise ValueError("missing keys")
-        return state
-    except Exception as e:
-        say(f"[yellow]{path} is unreadable ({type(e).__name__}: {e}); ignoring it[/]")
-        return None
-
-
-def load_final(run_dir: Path, say=print) -> dict | None:
-    """A finished training's weights ({"model", "iteration"}), or None."""
-    return _read_state(run_dir / FINAL_WEIGHTS, {"model", "iteration"}, True, say)
-
-
-def load_checkpoint(run_dir: Path, say=print) -> dict | None:
-    """The newest readable checkpoint, falling back to the previous one; None for a fresh start."""
-    for path in (run_dir / CHECKPOINT, run_dir / (CHECKPOINT + ".prev")):
-        state = _read_state(path, {"model", "optimizer", "iteration", "torch_rng"}, False, say)
-        if state is not None:
-            return state
-    return None
 
 
 def _read_log(run_dir: Path, before: int) -> list[dict]:
@@ -181,6 +144,8 @@ def train(
     numerics.check_precision(protocol.precision, device)
     numerics.apply_cudnn(protocol.cudnn, device)
     scaler = numerics.grad_scaler(protocol.precision, device)
+    for stale in remove_stale_temporaries(run_dir):
+        say(f"removed {stale.name}, left by a writer that was killed")
     final = load_final(run_dir, say)
     if final is not None and int(final["iteration"]) == max_iter:
         model.load_state_dict(final["model"])  # trained before, only the evaluation was left
@@ -194,9 +159,6 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state.get("scaler", {}))
-        torch.set_rng_state(state["torch_rng"])
-        if cuda and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         start = int(state["iteration"])
         say(f"resuming {label} from iteration {start} of {max_iter}")
     _write_log(run_dir, _read_log(run_dir, start))  # rows past the checkpoint go; the log grows from here
@@ -204,12 +166,17 @@ def train(
         tracker.open(start)
     loader = training_loader(ds, protocol.input_size, protocol.augmentation, protocol.batch_size, seed, start,
                              max_iter, protocol.num_workers, pin_memory=cuda)
+    # Starting the iterator draws the workers' base seed from torch's RNG: restore the streams
+    # after it (and after anything else that could draw), so a resumed run continues exactly
+    # where the checkpoint left them. A fresh run keeps that one draw, as it always has.
+    batches = iter(loader)
+    if state is not None:
+        restore_rng(state, device)
 
     def checkpoint(iteration: int) -> None:
-        _save_checkpoint(run_dir, {
+        save_checkpoint(run_dir, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "iteration": iteration, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if cuda else None,
+            "iteration": iteration, "rng": capture_rng(device),
         })
 
     task = None
@@ -224,7 +191,7 @@ def train(
     it = start
     with _StopFlag() as stop, open(run_dir / TRAIN_LOG, "a", newline="") as log_file:
         log = csv.DictWriter(log_file, LOG_FIELDS)
-        for it, (x, y) in enumerate(loader, start=start):
+        for it, (x, y) in enumerate(batches, start=start):
             lr = poly_lr(base_lr, it, max_iter, protocol.poly_power)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -262,8 +229,10 @@ def train(
             log.writerow(row)  # after the checkpoint: a row in the log means its checkpoint is on disk
             log_file.flush()
             if stop.signal:
+                if done == max_iter:  # training is over: keep its weights, only the evaluation is left
+                    save_final(run_dir, model, max_iter)
                 raise Interrupted(f"stopped by signal {stop.signal} at iteration {done}; checkpoint saved")
-    _save_final(run_dir, model, max_iter)
+    save_final(run_dir, model, max_iter)
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress.remove_task(task)

@@ -21,7 +21,8 @@ from bench.errors import BenchError
 from bench.experiments import references
 from bench.experiments.execute import execute_jobs, say_failures
 from bench.experiments.options import RunOptions
-from bench.protocol import Protocol, load_yaml_model, resolve_protocol
+from bench.experiments.preflight import check_jobs
+from bench.protocol import Protocol, Seed, load_yaml_model, resolve_protocol
 from models import is_model, list_models
 
 Value = int | float | str
@@ -36,7 +37,7 @@ class AblationSpec(BaseModel):
     variants: dict[str, str] = {}  # row name -> registered model name
     dataset: str = "synthetic"
     protocol: str = "cpu"
-    seeds: list[int] | None = None
+    seeds: list[Seed] | None = None
     mirrors: str | None = None  # a published table in bench/experiments/published/*.yaml
     description: str = ""
 
@@ -96,7 +97,10 @@ def jobs(rows: list[Row], seeds: list[int], lr: float | None = None) -> list[tup
 
 def run_rows(rows: list[Row], seeds: list[int], ds: Dataset, opts: RunOptions) -> tuple[dict, list[Outcome]]:
     """Every row x seed as a run: {row name: its metrics under the row's convention}, and the failures."""
-    outcomes = execute_jobs(jobs(rows, seeds), ds, pick_device(opts.device), opts)
+    device = pick_device(opts.device)
+    todo = jobs(rows, seeds)
+    check_jobs(todo, ds, opts.results, opts.force)
+    outcomes = execute_jobs(todo, ds, device, opts)
     per_row, failed = {}, []
     for row in rows:
         label = RunSpec(row.model, 0, 0.0, "", knobs=dict(row.knobs)).label

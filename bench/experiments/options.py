@@ -51,6 +51,7 @@ class RunOptions:
     force: bool = False  # redo completed runs
     keep_weights: bool = True  # keep model.pt of completed runs
     track: list[str] = field(default_factory=list)  # live trackers: tensorboard, mlflow
+    report: bool = True  # bench run: write the full report after the runs
     console: Console = field(default_factory=Console)
     progress: Progress | None = None  # default: ``training_progress(console)``
 

@@ -14,6 +14,7 @@ from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments.execute import execute_jobs, say_failures
 from bench.experiments.options import RunOptions
+from bench.experiments.preflight import check_jobs, check_weights
 from bench.report.console import render_rich, summary_table, write_summary
 from models import is_model, list_models
 
@@ -60,9 +61,7 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
     for m in models + list(weights):
         if not is_model(m):
             raise BenchError(f"unknown model '{m}'; valid models: {', '.join(list_models())}")
-    for m, path in weights.items():
-        if not Path(path).is_file():
-            raise BenchError(f"--weights {m}: file not found: {path}")
+    check_weights(weights, models)
     proto = opts.load_protocol(iterations=opts.iterations, checkpoint_every=opts.checkpoint_every)
     seed_list = opts.seeds or list(proto.seeds)
     tuned = isinstance(lr, str) and lr.strip().lower() == "tuned"
@@ -70,8 +69,8 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
         raise BenchError("--storage and --study choose a tuning study: use them with --lr tuned")
     fixed = None if tuned else _parse_lr(lr)
     check_writable(opts.results)
-    ds = resolve_dataset(opts.dataset or "synthetic", say=console.print, data_root=opts.data_root, fold=opts.fold)
     dev = pick_device(opts.device)
+    ds = resolve_dataset(opts.dataset or "synthetic", say=console.print, data_root=opts.data_root, fold=opts.fold)
     if tuned:
         lrs = _tuned_lrs(models, ds, proto, opts.results, storage, studies or [], console.print)
     else:
@@ -85,6 +84,7 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
             msg = check_conflict(run, config_key(run_config(spec, proto, ds)))
             if msg:
                 raise BenchError(msg)
+    check_jobs([(spec, proto) for spec in specs], ds, opts.results, opts.force)
 
     console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/] "
                   f"({len(ds.train_slices)} training slices, {len(ds.test_cases)} test cases), "
@@ -106,20 +106,27 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
         write_summary(table, f"# {title}", md)
         console.print(f"table written to {md}")
     code = say_failures(outcomes, console.print)
-    _report(opts.results, opts.reports, [o.path for o in outcomes], console,
-            f"--dataset {ds.name} --protocol {proto.name}")
+    if opts.report and not _report(opts.results, opts.reports, [o.path for o in outcomes], console,
+                                   f"--dataset {ds.name} --protocol {proto.name}"):
+        code = code or 1
     return code
 
 
-def _report(results: Path, reports: Path, runs: list[Path], console: Console, select: str) -> None:
-    """The full report of the runs just made; a report error never costs the runs themselves."""
+def _report(results: Path, reports: Path, runs: list[Path], console: Console, select: str) -> bool:
+    """The full report of the runs just made; whether it was written.
+
+    A report error never costs the runs themselves (they are on disk), but it is a failure of
+    the command: the reason is printed and the exit status is not 0.
+    """
     from bench.report import build_report
 
     try:
         rep = build_report(results, reports=reports, runs=runs)
-    except Exception as e:  # the runs are on disk: say how to retry, keep the sweep's exit status
-        console.print(f"[yellow]report not written[/]: {type(e).__name__}: {e}; retry with `bench report "
+    except Exception as e:
+        reason = str(e) if isinstance(e, BenchError | OSError) else f"{type(e).__name__}: {e}"
+        console.print(f"[red]report not written[/]: {reason}; the runs are complete: retry with `bench report "
                       f"--results {results} {select}`")
-        return
+        return False
     console.print(f"report written to {rep.html}")
+    return True
 

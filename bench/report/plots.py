@@ -17,6 +17,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bench.files import atomic_write
 from bench.report.console import OVERALL
 
 RC = {"svg.hashsalt": "segbench", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 11}
@@ -37,10 +38,13 @@ def palette(arms: list[str]) -> dict[str, tuple]:
 
 
 def save(fig: Figure, out: Path, key: str) -> Path:
+    """``key``.png and ``key``.svg, each written whole or not at all (a temporary file renamed)."""
     out.mkdir(parents=True, exist_ok=True)
     with matplotlib.rc_context(RC):
-        fig.savefig(out / f"{key}.png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-        fig.savefig(out / f"{key}.svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+        atomic_write(out / f"{key}.png", lambda p: fig.savefig(p, format="png", dpi=DPI, bbox_inches="tight",
+                                                               metadata={"Software": None}))
+        atomic_write(out / f"{key}.svg", lambda p: fig.savefig(p, format="svg", bbox_inches="tight",
+                                                               metadata={"Date": None, "Creator": None}))
     return out / f"{key}.png"
 
 

@@ -99,7 +99,7 @@ def qualitative(loaded: Loaded, cases_dice: pd.DataFrame, results: Path, out: Pa
             run = ok.loc[arm]
             try:
                 pred = load_prediction(Path(run["path"]), case)
-            except (OSError, KeyError, ValueError):
+            except (OSError, BenchError):  # missing, or damaged: the page shows the others
                 ax.set_title(f"{arm}\nno saved prediction", fontsize=9)
                 continue
             if pred.shape != ref.shape:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from helpers import bench_cli
+from helpers import bench_cli, read_only
 from PIL import Image
 
 from bench.data import acdc
@@ -89,6 +89,27 @@ def _break(root: Path, kind: str) -> tuple[Path, str]:
             del f["label"]
             f["label"] = lab[:, :-2]
         return h5, "must be equal 3D"
+    if kind == "nan":
+        image = image.copy()
+        image[5, 7] = np.nan
+        np.savez(npz, image=image, label=label)
+        return npz, "image has NaN or infinite values"
+    if kind == "volume-inf":  # would have become a background slice
+        with h5py.File(h5, "a") as f:
+            f["image"][7, 3, 3] = np.inf
+        return h5, "slice 7 of the image has NaN or infinite values"
+    if kind == "volume-empty":  # would have been a case scoring Dice 0 for every organ
+        with h5py.File(h5, "a") as f:
+            for key in ("image", "label"):
+                empty = f[key][:0]
+                del f[key]
+                f[key] = empty
+        return h5, "empty test volume (0x64x64)"
+    if kind in ("list-traversal", "list-absolute", "list-unprintable"):
+        name = {"list-traversal": "..", "list-absolute": "/tmp/x", "list-unprintable": "case\x1b[2J"}[kind]
+        listed = root / "lists" / "lists_Synapse" / "test_vol.txt"
+        listed.write_text(f"case0001\n\n{name}\n")
+        return listed, f"test_vol.txt, line 3: case name {name!r}"
     raise ValueError(kind)
 
 
@@ -101,13 +122,26 @@ def test_a_bad_synapse_file_is_named_through_the_cli(official, tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("kind", ["missing", "key", "shape", "dtype", "truncated", "volume-shape"])
+@pytest.mark.parametrize("kind", ["missing", "key", "shape", "dtype", "truncated", "volume-shape", "nan", "volume-inf",
+                                  "volume-empty", "list-traversal", "list-absolute", "list-unprintable"])
 def test_each_bad_synapse_file_is_named(official, kind):
     resolve_dataset("synapse", data_root=official, **quiet)  # passes (and is remembered) ...
     bad, needle = _break(official, kind)
     with pytest.raises(BenchError) as e:  # ... until a file changes
         resolve_dataset("synapse", data_root=official, **quiet)
     _one_line(e, str(bad), needle)
+
+
+def test_a_case_name_that_leaves_the_results_folder_is_refused_before_anything_is_written(official, tmp_path):
+    (official / "lists" / "lists_Synapse" / "test_vol.txt").write_text("case0001\n../../escaped\n")
+    shutil.copy(official / "test_vol_h5" / "case0001.npy.h5", tmp_path / "escaped.npy.h5")  # where it is read from
+    res = bench_cli("run", "--models", "unet", "--protocol", "smoke", "--dataset", str(official),
+                    "--results", str(tmp_path / "r" / "results"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{official / 'lists' / 'lists_Synapse' / 'test_vol.txt'}, line 2: case name '../../escaped' " \
+        "contains a path separator" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not list(tmp_path.rglob("escaped.npz")) and not list(tmp_path.rglob("manifest.json"))
 
 
 # --- 2D image folders -------------------------------------------------------------------------
@@ -252,14 +286,14 @@ def test_a_split_file_that_no_longer_fits_is_refused(tmp_path):
     _one_line(e, "splits.json", "img03", "delete splits.json to split again")
 
 
-def test_a_read_only_folder_keeps_its_split_in_the_cache(tmp_path, monkeypatch):
+def test_a_read_only_folder_keeps_its_split_in_the_cache(tmp_path):
     root = make_folder(tmp_path / "ro", n=4, size=32)
-    monkeypatch.setattr("bench.data.splits.os.access", lambda path, mode: False)  # chmod means nothing to root
-    ds = resolve_dataset(str(root), **quiet)
-    assert not (root / "splits.json").exists()
-    stored = read_splits(ds.root)
-    assert stored is not None and sorted(stored["train"] + stored["test"]) == [f"img{i:02d}" for i in range(4)]
-    assert resolve_dataset(str(root), **quiet).test_cases == ds.test_cases
+    with read_only(root):  # really read-only (a read-only bind mount when running as root)
+        ds = resolve_dataset(str(root), **quiet)
+        assert not (root / "splits.json").exists()
+        stored = read_splits(ds.root)
+        assert stored is not None and sorted(stored["train"] + stored["test"]) == [f"img{i:02d}" for i in range(4)]
+        assert resolve_dataset(str(root), **quiet).test_cases == ds.test_cases
 
 
 # --- splits: folds and validation from training cases only --------------------------------------

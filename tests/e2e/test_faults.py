@@ -1,49 +1,33 @@
-"""Fault injection: SIGKILL + resume, truncated checkpoints, a diverging model, concurrent
-processes, an unwritable results folder. Run alone with ``nox -s faults``."""
+"""Fault injection: SIGKILL during evaluation, truncated checkpoints and metrics, planted
+checkpoints, leftovers of killed writers, a diverging model, concurrent processes, an unwritable
+results folder. Exact resume after SIGKILL / SIGTERM mid-training is in test_resume.py. Run all
+of them alone with ``nox -s faults``."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import bench_cli, subprocess_env
+from helpers import bench_cli
+from resume_runs import assert_identical_runs, logged_iterations, resume_args, run_dir, start
 
 pytestmark = pytest.mark.faults
-RUN = ["run", "--protocol", "smoke", "--iterations", "40", "--checkpoint-every", "10"]
 
 
-def _args(dataset: Path, results: Path, models: str = "unet") -> list[str]:
-    return [*RUN, "--models", models, "--dataset", str(dataset), "--results", str(results),
-            "--reports", str(results.parent / "reports")]
-
-
-def _run_dir(results: Path, model: str = "unet") -> Path:
-    return results / "tiny" / "smoke" / model / "seed0"
+def _args(protocol: Path, dataset: Path, results: Path, models: str = "unet") -> list[str]:
+    return resume_args(protocol, dataset, results, models)
 
 
 def _metrics(results: Path, model: str = "unet") -> pd.DataFrame:
-    return pd.read_parquet(_run_dir(results, model) / "metrics.parquet")
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_dataset, tmp_path_factory) -> Path:
-    """An uninterrupted run of the command the kill tests interrupt."""
-    results = tmp_path_factory.mktemp("ref") / "results"
-    res = bench_cli(*_args(tiny_dataset, results, "unet,swinunet-nano"), "--drop-weights")
-    assert res.returncode == 0, res.stderr
-    return results
-
-
-def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return pd.read_parquet(run_dir(results, model) / "metrics.parquet")
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
@@ -51,75 +35,130 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
     while not ready():
         assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read()
         assert time.time() - t0 < timeout
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
 
-def _checkpoint_at(run_dir: Path, iteration: int):
-    def ready() -> bool:
-        log = run_dir / "train_log.csv"
-        return log.exists() and sum(1 for _ in open(log)) - 1 >= iteration
-    return ready
-
-
-@pytest.mark.parametrize("model, when", [("unet", 10), ("unet", 30), ("swinunet-nano", 20), ("unet", "eval")])
-def test_sigkill_then_resume_gives_identical_metrics(reference, tiny_dataset, tmp_path, model, when):
+def test_sigkill_during_evaluation_reuses_the_final_weights(resume_reference, resume_protocol, tiny_dataset,
+                                                            tmp_path):
     results = tmp_path / "results"
-    run_dir = _run_dir(results, model)
-    proc = _start(_args(tiny_dataset, results, model))
-    if when == "eval":  # killed after the final checkpoint, during evaluation, before the metrics file
-        _kill_when(proc, _checkpoint_at(run_dir, 40))
-    else:
-        _kill_when(proc, _checkpoint_at(run_dir, when))
-    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
-    if when != "eval":  # during evaluation the kill may land just after metrics.parquet is renamed in
-        assert not (run_dir / "metrics.parquet").exists()
-    res = bench_cli(*_args(tiny_dataset, results, model))
+    folder = run_dir(results, "unet")
+    proc = start(_args(resume_protocol, tiny_dataset, results))
+    # training is over once model.pt is there and the manifest holds the training figures
+    _kill_when(proc, lambda: (folder / "model.pt").exists()
+               and "train_seconds" in json.loads((folder / "manifest.json").read_text()))
+    before = json.loads((folder / "manifest.json").read_text())
+    assert before["status"] == "running" and not (folder / "metrics.parquet").exists()
+    res = bench_cli(*_args(resume_protocol, tiny_dataset, results))
     assert res.returncode == 0, res.stderr
-    assert "resuming" in res.stdout
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["resumed_from"] > 0
-    assert manifest["train_seconds"] != 0  # a number from before the kill, or None (unknown), never 0
-    got, want = _metrics(results, model), _metrics(reference, model)
-    assert not got.duplicated(["case", "label", "metric"]).any()
-    pd.testing.assert_frame_equal(got, want)
-    log = pd.read_csv(run_dir / "train_log.csv")
-    assert list(log["iteration"]) == list(range(40))
+    assert "resuming unet seed 0 after training (9 iterations done): evaluating model.pt" in res.stdout
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["resumed_from"] == 9
+    assert isinstance(manifest["train_seconds"], float) and manifest["train_seconds"] == before["train_seconds"] > 0
+    pd.testing.assert_frame_equal(_metrics(results), _metrics(resume_reference))
+    assert list(pd.read_csv(folder / "train_log.csv")["iteration"]) == list(range(9))
 
 
-def test_truncated_checkpoint_falls_back_to_the_previous_one(reference, tiny_dataset, tmp_path):
+def test_truncated_checkpoint_falls_back_to_the_previous_one(resume_reference, resume_protocol, tiny_dataset,
+                                                             tmp_path):
     results = tmp_path / "results"
-    run_dir = _run_dir(results)
-    proc = _start(_args(tiny_dataset, results))
-    _kill_when(proc, _checkpoint_at(run_dir, 22))  # checkpoints at 10 and 20 exist
-    ckpt = run_dir / "checkpoint.pt"
+    folder = run_dir(results, "unet")
+    proc = start(_args(resume_protocol, tiny_dataset, results))
+    _kill_when(proc, lambda: logged_iterations(folder) >= 6)  # checkpoints at 3 (.prev) and 6
+    ckpt = folder / "checkpoint.pt"
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 6
+    assert torch.load(folder / "checkpoint.pt.prev", weights_only=True)["iteration"] == 3
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    res = bench_cli(*_args(tiny_dataset, results))
+    res = bench_cli(*_args(resume_protocol, tiny_dataset, results))
     assert res.returncode == 0, res.stderr
-    assert "unreadable" in res.stdout and "resuming" in res.stdout and "Traceback" not in res.stderr
-    pd.testing.assert_frame_equal(_metrics(results), _metrics(reference))
+    assert f"{ckpt} is unreadable (not a whole checkpoint archive" in res.stdout and "Traceback" not in res.stderr
+    assert "resuming unet seed 0 from iteration 3 of 9" in res.stdout  # the previous checkpoint, not a fresh start
+    assert_identical_runs(folder, run_dir(resume_reference, "unet"))
 
 
-def test_a_run_that_died_in_evaluation_reuses_its_final_weights(reference, tiny_dataset, tmp_path):
+def test_a_run_that_died_in_evaluation_reuses_its_final_weights(resume_reference, resume_protocol, tiny_dataset,
+                                                                tmp_path):
     results = tmp_path / "results"
-    run_dir = _run_dir(results, "swinunet-nano")
-    assert bench_cli(*_args(tiny_dataset, results, "swinunet-nano")).returncode == 0
-    first = json.loads((run_dir / "manifest.json").read_text())
+    shutil.copytree(resume_reference / "tiny", results / "tiny")
+    folder = run_dir(results, "swinunet")
+    first = json.loads((folder / "manifest.json").read_text())
     # the state a kill during evaluation leaves: weights saved, manifest still "running", no metrics
-    (run_dir / "manifest.json").write_text(json.dumps(first | {"status": "running"}))
-    (run_dir / "metrics.parquet").unlink()
-    res = bench_cli(*_args(tiny_dataset, results, "swinunet-nano"))
+    (folder / "manifest.json").write_text(json.dumps(first | {"status": "running"}))
+    (folder / "metrics.parquet").unlink()
+    res = bench_cli(*_args(resume_protocol, tiny_dataset, results, "swinunet"))
     assert res.returncode == 0, res.stderr
-    assert "after training (40 iterations done): evaluating model.pt" in res.stdout
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["resumed_from"] == 40
+    assert "after training (9 iterations done): evaluating model.pt" in res.stdout
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["resumed_from"] == 9
     assert manifest["train_seconds"] == first["train_seconds"] > 0
-    assert len(pd.read_csv(run_dir / "train_log.csv")) == 40
-    pd.testing.assert_frame_equal(_metrics(results, "swinunet-nano"), _metrics(reference, "swinunet-nano"))
+    assert len(pd.read_csv(folder / "train_log.csv")) == 9
+    pd.testing.assert_frame_equal(_metrics(results, "swinunet"), _metrics(resume_reference, "swinunet"))
 
 
-def test_a_diverging_model_fails_alone(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated metrics", "torn manifest"])
+def test_a_damaged_complete_run_is_evaluated_again_not_skipped(resume_reference, resume_protocol, tiny_dataset,
+                                                               tmp_path, damage):
+    results = tmp_path / "results"
+    shutil.copytree(resume_reference / "tiny", results / "tiny")
+    folder = run_dir(results, "unet")
+    target = folder / ("metrics.parquet" if damage == "truncated metrics" else "manifest.json")
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    res = bench_cli(*_args(resume_protocol, tiny_dataset, results))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert "skipped" not in res.stdout and "Traceback" not in res.stderr
+    if damage == "truncated metrics":
+        assert f"{target} is unreadable" in res.stdout and "evaluating it again" in res.stdout
+    assert "after training (9 iterations done): evaluating model.pt" in res.stdout  # no retraining
+    assert json.loads((folder / "manifest.json").read_text())["status"] == "complete"
+    pd.testing.assert_frame_equal(_metrics(results), _metrics(resume_reference))
+
+
+class _Planted:
+    """What an attacker would leave as checkpoint.pt: unpickling it creates a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+@pytest.mark.parametrize("form", ["torch.save", "bare pickle"])
+def test_a_planted_checkpoint_is_refused_and_runs_nothing(resume_protocol, tiny_dataset, tmp_path, form):
+    results = tmp_path / "results"
+    folder = run_dir(results, "unet")
+    folder.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    planted = {"model": {}, "optimizer": {}, "iteration": 3, "x": _Planted(marker)}
+    if form == "torch.save":
+        torch.save(planted, folder / "checkpoint.pt")
+    else:
+        (folder / "checkpoint.pt").write_bytes(pickle.dumps(planted))
+    res = bench_cli(*_args(resume_protocol, tiny_dataset, results))
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert f"{folder / 'checkpoint.pt'}: refused to load" in line
+    assert not marker.exists()  # nothing ran
+    assert not (folder / "train_log.csv").exists() and not (folder / "manifest.json").exists()  # nothing trained
+
+
+def test_a_killed_writers_temporary_files_are_removed_on_resume(resume_protocol, tiny_dataset, tmp_path):
+    results = tmp_path / "results"
+    folder = run_dir(results, "swinunet")
+    _kill_when(start(_args(resume_protocol, tiny_dataset, results, "swinunet")), lambda: logged_iterations(folder) >= 3)
+    # what a SIGKILL in the middle of writing the next checkpoint (or a prediction) leaves
+    (folder / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"PK\x03\x04half")
+    (folder / "predictions").mkdir()
+    (folder / "predictions" / ".case0001.npz.x.tmp").write_bytes(b"")
+    res = bench_cli(*_args(resume_protocol, tiny_dataset, results, "swinunet"), "--drop-weights")
+    assert res.returncode == 0, res.stderr
+    assert "removed .checkpoint.pt.k1ll3d.tmp, left by a writer that was killed" in res.stdout
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_a_diverging_model_fails_alone(resume_protocol, tiny_dataset, tmp_path):
     from models import create_model
 
     model = create_model("unet", num_classes=9, img_size=64)
@@ -128,26 +167,27 @@ def test_a_diverging_model_fails_alone(tiny_dataset, tmp_path):
     weights = tmp_path / "nan.pt"
     torch.save(poisoned, weights)
     results = tmp_path / "results"
-    res = bench_cli(*_args(tiny_dataset, results, "unet,swinunet-nano"), "--weights", f"unet={weights}")
+    res = bench_cli(*_args(resume_protocol, tiny_dataset, results, "unet,swinunet-nano"), "--weights",
+                    f"unet={weights}")
     assert res.returncode == 1
     assert "diverged" in res.stdout and "unet" in res.stdout
-    bad = json.loads((_run_dir(results, "unet") / "manifest.json").read_text())
+    bad = json.loads((run_dir(results, "unet") / "manifest.json").read_text())
     assert bad["status"] == "diverged" and "loss nan" in bad["error"]
-    good = json.loads((_run_dir(results, "swinunet-nano") / "manifest.json").read_text())
+    good = json.loads((run_dir(results, "swinunet-nano") / "manifest.json").read_text())
     assert good["status"] == "complete"
 
 
-def test_two_processes_on_one_folder_train_each_run_once(tiny_dataset, tmp_path):
+def test_two_processes_on_one_folder_train_each_run_once(resume_protocol, tiny_dataset, tmp_path):
     results = tmp_path / "results"
-    procs = [_start(_args(tiny_dataset, results, "unet,swinunet-nano")) for _ in range(2)]
+    procs = [start(_args(resume_protocol, tiny_dataset, results, "unet,swinunet-nano")) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     for model in ("unet", "swinunet-nano"):
         trained = sum(f"{model} seed 0: complete" in out for out, _ in outs)
         reused = sum(f"{model} seed 0: skipped" in out for out, _ in outs)
         assert (trained, reused) == (1, 1), outs
-        log = pd.read_csv(_run_dir(results, model) / "train_log.csv")
-        assert list(log["iteration"]) == list(range(40))
+        log = pd.read_csv(run_dir(results, model) / "train_log.csv")
+        assert list(log["iteration"]) == list(range(9))
 
 
 def _read_only_folder(tmp_path: Path) -> Path:
@@ -161,10 +201,10 @@ def _read_only_folder(tmp_path: Path) -> Path:
     return ro
 
 
-def test_read_only_results_folder_fails_before_training(tiny_dataset, tmp_path):
+def test_read_only_results_folder_fails_before_training(resume_protocol, tiny_dataset, tmp_path):
     ro = _read_only_folder(tmp_path)
     try:
-        res = bench_cli(*_args(tiny_dataset, ro / "results"))
+        res = bench_cli(*_args(resume_protocol, tiny_dataset, ro / "results"))
         assert res.returncode == 2
         assert "results folder is not writable" in res.stderr and str(ro) in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -143,8 +146,33 @@ def test_evaluate_rescores_saved_predictions_under_another_convention(smoke_run)
                                   before.reset_index(drop=True))
     strict = after[after.convention == "strict"]
     assert len(strict) == len(before)
-    dice = strict[strict.metric == "dice"]
-    # strict never gives Dice 1 to a false positive on an empty reference
-    assert not ((dice.status == "pred_only") & (dice.value != 0)).any()
     res = bench_cli("evaluate", str(d / "nope"))
     assert res.returncode == 2 and "not a run folder" in res.stderr
+
+
+def test_evaluate_scores_a_false_positive_by_the_convention(smoke_run, tiny_dataset, tmp_path):
+    """An organ absent from the reference but predicted: Dice 1 under synapse (the official rule), 0 under strict."""
+    out, _ = smoke_run
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
+    with h5py.File(data / "test_vol_h5" / "case0001.npy.h5", "a") as f:
+        label = f["label"][:]
+        assert (label == 2).any()
+        f["label"][:] = np.where(label == 2, 0, label)  # no gallbladder in the reference any more
+    run = Path(shutil.copytree(_run_dir(out, "unet"), tmp_path / "results" / "tiny" / "smoke" / "unet" / "seed0"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["dataset"]["root"] = str(data)  # same case lists, so the same fingerprint
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    pred = np.zeros(label.shape, np.uint8)
+    pred[10:12, 20:30, 20:30] = 2  # ... but predicted
+    np.savez_compressed(run / "predictions" / "case0001.npz", pred=pred)
+    for convention, dice, hd95 in (("strict", 0.0, None), ("synapse", 1.0, 0.0)):
+        res = bench_cli("evaluate", str(run), "--convention", convention)
+        assert res.returncode == 0, res.stderr
+        rows = pd.read_parquet(run / "metrics.parquet").query(f"convention == '{convention}' and label == 2")
+        assert set(rows["status"]) == {"pred_only"}
+        value = rows.set_index("metric")["value"]
+        assert value["dice"] == dice
+        if hd95 is not None:
+            assert value["hd95"] == hd95
+        else:  # the worst case: the diagonal of the volume's extent, in mm
+            assert value["hd95"] > 50

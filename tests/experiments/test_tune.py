@@ -29,7 +29,14 @@ from bench.errors import BenchError
 from bench.experiments.options import RunOptions
 from bench.experiments.tune import search as tune_mod
 from bench.experiments.tune.search import TrialSeededTPE, tune
-from bench.experiments.tune.studies import display_url, load_or_create_study, open_storage, study_name, tuned_lr
+from bench.experiments.tune.studies import (
+    display_url,
+    load_or_create_study,
+    open_storage,
+    redact,
+    study_name,
+    tuned_lr,
+)
 from bench.protocol import load_protocol
 
 MODEL = "swinunet-nano"
@@ -245,8 +252,34 @@ def test_resumed_or_parallel_samplers_never_repeat_and_stay_reproducible():
     assert [again.ask({"lr": dist}).params["lr"] for _ in range(2)] == first
 
 
+@pytest.mark.parametrize("url, shown, secret", [
+    ("postgresql://bench:s3cret@db.lab/optuna", "postgresql://bench:***@db.lab/optuna", "s3cret"),
+    ("postgresql://u:RET@PW@db.lab:5432/optuna", "postgresql://u:***@db.lab:5432/optuna", "RET@PW"),  # '@' in it
+    ("postgresql://u:pa/ss?w@db.lab/optuna", "postgresql://u:***@db.lab/optuna", "pa/ss?w"),  # '/' and '?', raw
+    ("mysql://u:p%40ss@db.lab/optuna", "mysql://u:***@db.lab/optuna", "p%40ss"),  # percent-encoded
+    ("postgresql://db.lab/optuna?user=u&password=s3cret&sslmode=require",
+     "postgresql://db.lab/optuna?user=u&password=***&sslmode=require", "s3cret"),
+    ("postgresql://u@db.lab/optuna?sslpassword=k3y", "postgresql://u@db.lab/optuna?sslpassword=***", "k3y"),
+    ("postgresql://db.lab/optuna?user=me@lab.org", "postgresql://db.lab/optuna?user=me@lab.org", None),
+    ("sqlite:////data/tune/optuna.db", "sqlite:////data/tune/optuna.db", None),
+    ("journal:/shared/segbench/tune.log", "journal:/shared/segbench/tune.log", None),
+])
+def test_storage_urls_are_shown_without_their_secrets(url, shown, secret):
+    assert display_url(url) == shown
+    message = redact(f"Could not parse SQLAlchemy URL from string '{url}'", url)
+    assert shown in message
+    if secret is not None:
+        for part in {secret, secret.replace("%40", "@"), *secret.split("@")}:
+            assert part not in message and part not in shown, part
+
+
+def test_a_storage_error_never_prints_the_password():
+    with pytest.raises(BenchError) as e:
+        open_storage("postgresql+nosuchdriver://u:RET@PW@db.lab/optuna")
+    assert "RET" not in str(e.value) and "PW" not in str(e.value) and "u:***@db.lab" in str(e.value)
+
+
 def test_storages_and_their_errors(tmp_path):
-    assert display_url("postgresql://bench:s3cret@db.lab/optuna") == "postgresql://bench:***@db.lab/optuna"
     journal = f"journal:{tmp_path / 'j' / 'optuna.log'}"
     study = load_or_create_study(open_storage(journal), "J", {"model": "unet"})
     dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}

@@ -352,3 +352,23 @@ def test_html_renders_in_headless_chromium(sweep):
     assert dark[:300].mean() > 0.005  # title, fairness line and the headline table are drawn as text
     spread = rgb.max(axis=2) - rgb.min(axis=2)
     assert (spread > 60).sum() > 20_000  # the heatmap's colours: the embedded image is on screen
+
+
+def test_plots_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from bench.report import plots as P
+
+    (tmp_path / "box_dice.png").write_bytes(b"the plot of the last report")
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+
+    def half_then_full_disk(self, path, **kw):
+        Path(path).write_bytes(b"\x89PNG half a plot")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        P.save(fig, tmp_path, "box_dice")
+    assert (tmp_path / "box_dice.png").read_bytes() == b"the plot of the last report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box_dice.png"]  # no torn file, no temporary left

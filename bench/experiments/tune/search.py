@@ -30,12 +30,14 @@ from bench.data.synapse import Dataset
 from bench.engine.evaluation import evaluate_model
 from bench.engine.numerics import check_precision
 from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS
+from bench.engine.runner import RunSpec
 from bench.engine.tracking import Tracking
 from bench.engine.train import Diverged, Interrupted, seed_everything, train
 from bench.engine.validation import held_out_view, mean_foreground
 from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments.options import RunOptions
+from bench.experiments.preflight import check_models
 from bench.experiments.tune.studies import (
     default_storage_url,
     display_url,
@@ -306,6 +308,7 @@ def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: fl
     url = storage or default_storage_url(results)
     dev = pick_device(opts.device)
     check_precision(proto.precision, dev)
+    check_models([(RunSpec(m, 0, proto.base_lr, "tuning"), proto) for m in models], ds)
     t = proto.tuning
     console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/]: training on "
                   f"{len(view.train_slices)} slices, validating on {', '.join(view.test_cases)} (held-out "

@@ -12,6 +12,7 @@ import re
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import optuna
 
@@ -36,23 +37,65 @@ def default_storage_url(results: Path) -> str:
     return f"sqlite:///{(Path(results) / TUNE_DIR / DEFAULT_DB).resolve()}"
 
 
+# query parameters whose values are secrets (libpq's password and sslpassword, tokens)
+SECRET_PARAMETERS = {"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key",
+                     "apikey"}
+
+
+def _split_secrets(url: str) -> tuple[str, str | None, str, str, str]:
+    """(scheme://user, password or None, @host/path, '?' or '', query) of a storage URL.
+
+    The password runs from the user's ':' to the *last* '@': a password may hold '@', '/' or '?'
+    that were not percent-encoded, and every character of it must stay hidden (an '@' in a query
+    value hides more than needed, never less).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, None, "", "", ""
+    at = rest.rfind("@")
+    user, colon, password = rest[:at].partition(":") if at >= 0 else ("", "", "")
+    head, tail = (f"{scheme}://{user}", rest[at:]) if colon else (f"{scheme}://", rest)
+    tail, q, query = tail.partition("?")
+    return head, password if colon else None, tail, q, query
+
+
 def display_url(url: str) -> str:
-    """The storage URL with any password hidden, for messages and logs."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """The storage URL with its secrets hidden (the password of its user info, and password-like
+    query parameters), for messages and logs."""
+    head, password, tail, q, query = _split_secrets(url)
+    if q:
+        query = "&".join(f"{k}=***" if k.lower() in SECRET_PARAMETERS else k + eq + v
+                         for k, eq, v in (p.partition("=") for p in query.split("&")))
+    return head + (":***" if password is not None else "") + tail + q + query
 
 
-def _retrying(what: str, fn, attempts: int = 6):
-    """Call ``fn``; retry briefly on storage races (two workers creating the tables or study at once)."""
+def redact(text: str, url: str) -> str:
+    """``text`` (an error message that may quote the URL) with every secret of ``url`` hidden."""
+    if not url:
+        return text
+    _, password, _, _, query = _split_secrets(url)
+    secrets = [password] if password else []
+    secrets += [v for k, _, v in (p.partition("=") for p in query.split("&")) if k.lower() in SECRET_PARAMETERS and v]
+    text = text.replace(url, display_url(url))
+    for secret in sorted(secrets, key=len, reverse=True):
+        for form in {secret, unquote(secret), quote(secret, safe="")}:
+            text = text.replace(form, "***")
+    return text
+
+
+def _retrying(what: str, fn, attempts: int = 6, url: str = ""):
+    """Call ``fn``; retry briefly on storage races (two workers creating the tables or study at once).
+    Errors are one line, with the secrets of the storage ``url`` hidden."""
     import sqlalchemy.exc
 
     for i in range(attempts):
         try:
             return fn()
         except sqlalchemy.exc.ArgumentError as e:
-            raise BenchError(f"{what}: {e}") from None
+            raise BenchError(redact(f"{what}: {e}", url)) from None
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             if i == attempts - 1:
-                raise BenchError(f"{what}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+                raise BenchError(redact(f"{what}: {type(e).__name__}: {str(e).splitlines()[0]}", url)) from None
             time.sleep(0.5 * (i + 1))
 
 
@@ -63,13 +106,19 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     worker instead of staying RUNNING for ever.
     """
     if url.startswith("journal:"):
-        path = Path(re.sub(r"^journal:(//)?", "", url)).expanduser()
+        raw = re.sub(r"^journal:(//)?", "", url)
+        if not raw:
+            raise BenchError("--storage journal: needs a file, e.g. journal:/shared/segbench/tune.log")
+        path = Path(raw).expanduser()
         if not create and not path.is_file():
             raise BenchError(f"no tuning storage at {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise BenchError(f"--storage {url}: cannot write the journal file {path} ({e.strerror})") from None
     if "://" not in url:
         raise BenchError(f"--storage expects a URL (sqlite:///FILE, postgresql://..., journal:FILE), got '{url}'")
     kwargs: dict = {}
@@ -77,15 +126,18 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         path = Path(url.split(":///", 1)[-1]).expanduser()
         if not create and not path.is_file():
             raise BenchError(f"no tuning storage at {path} (run `bench tune` first, or pass --storage)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BenchError(f"--storage {url}: cannot create the folder {path.parent} ({e.strerror})") from None
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # wait for the other workers' writes
     try:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _retrying(f"storage {display_url(url)}", lambda: optuna.storages.RDBStorage(
-                url, heartbeat_interval=60, grace_period=300, **kwargs))
+                url, heartbeat_interval=60, grace_period=300, **kwargs), url=url)
     except ImportError as e:
-        raise BenchError(f"storage {display_url(url)} needs a database driver: {e} "
+        raise BenchError(f"storage {display_url(url)} needs a database driver: {redact(str(e), url)} "
                          "(for PostgreSQL: pip install psycopg2-binary)") from None
 
 

@@ -1,0 +1,103 @@
+"""Regenerate tests/models/data/official_{swinunet,transunet}.json.gz from the official code.
+
+Run once, from the checkout, with the official files on disk (never copied into this repository):
+
+    SEGBENCH_OFFICIAL_SWINUNET=.../Swin-Unet/networks/swin_transformer_unet_skip_expand_decoder_sys.py \\
+    SEGBENCH_OFFICIAL_TRANSUNET=.../TransUNet/networks/vit_seg_modeling.py \\
+    python tests/models/make_official_reference.py
+
+Sources: HuCaoFighting/Swin-Unet @ 7d80541 (``SwinTransformerSys``, the network inside the
+official ``SwinUnet`` wrapper) and Beckschen/TransUNet @ 02ef001 (``VisionTransformer`` with the
+R50-ViT-B_16 configuration; ``vit_seg_configs.py`` and ``vit_seg_modeling_resnet_skip.py`` beside
+it; ``ml_collections`` is stubbed if missing; the Swin-Unet file needs ``einops``). What is
+written is described in tests/models/official_reference.py. The output only changes if the
+official code, the weight formula or the configurations there change.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from official_reference import (  # noqa: E402
+    SMALL_SWINUNET,
+    SMALL_TRANSUNET,
+    describe,
+    fingerprint,
+    official_module,
+    official_weights,
+    reference_input,
+    save,
+)
+
+
+class _ConfigDict(dict):
+    """Just enough of ml_collections.ConfigDict for the official TransUNet configs."""
+
+    def __getattr__(self, k):
+        try:
+            return self[k]
+        except KeyError as e:
+            raise AttributeError(k) from e
+
+    def __setattr__(self, k, v):
+        self[k] = v
+
+
+def _run(model: torch.nn.Module, img_size: int) -> dict:
+    """Load the generated weights under the official keys, then the output for the generated input."""
+    small = describe(model)
+    model.double().load_state_dict(official_weights(small["keys"]), strict=False)  # derived buffers stay
+    with torch.no_grad():
+        out = model.eval()(reference_input(img_size).repeat(1, 3, 1, 1))
+    return {**small, "output": fingerprint(out)}
+
+
+def swinunet() -> dict:
+    network = official_module("SEGBENCH_OFFICIAL_SWINUNET", "official_swinunet")
+    common = dict(patch_size=4, in_chans=3, mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.2, ape=False,
+                  patch_norm=True)
+    paper = network.SwinTransformerSys(img_size=224, num_classes=9, embed_dim=96, depths=[2, 2, 2, 2],
+                                       num_heads=[3, 6, 12, 24], window_size=7, **common)
+    small = network.SwinTransformerSys(**SMALL_SWINUNET, **common)
+    return {"source": "HuCaoFighting/Swin-Unet @ 7d80541, networks/swin_transformer_unet_skip_expand_decoder_sys.py "
+                      "SwinTransformerSys (keys as in the SwinUnet wrapper's checkpoints, without 'swin_unet.')",
+            "paper": {"config": "Swin-T, 224, 9 classes, window 7", **describe(paper)},
+            "small": {"config": SMALL_SWINUNET, **_run(small, SMALL_SWINUNET["img_size"])}}
+
+
+def transunet() -> dict:
+    try:
+        import ml_collections  # noqa: F401
+    except ImportError:
+        sys.modules["ml_collections"] = types.SimpleNamespace(ConfigDict=_ConfigDict)
+    network = official_module("SEGBENCH_OFFICIAL_TRANSUNET", "official_transunet")
+
+    def build(img_size: int, num_classes: int, n_skip: int, **small) -> torch.nn.Module:
+        config = copy.deepcopy(network.CONFIGS["R50-ViT-B_16"])
+        config.n_classes, config.n_skip = num_classes, n_skip
+        config.patches.grid = (img_size // 16, img_size // 16)
+        if small:
+            config.hidden_size = small["hidden_size"]
+            config.transformer.num_layers, config.transformer.num_heads = small["num_layers"], small["num_heads"]
+            config.transformer.mlp_dim = small["mlp_dim"]
+            config.resnet.num_layers = tuple(small["resnet_layers"])
+        return network.VisionTransformer(config, img_size=img_size, num_classes=num_classes)
+
+    paper = build(224, 9, 3)
+    small = build(**SMALL_TRANSUNET)
+    return {"source": "Beckschen/TransUNet @ 02ef001, networks/vit_seg_modeling.py VisionTransformer, "
+                      "CONFIGS['R50-ViT-B_16'] as train.py sets it",
+            "paper": {"config": "R50-ViT-B/16, 224, 9 classes, 3 skips", **describe(paper)},
+            "small": {"config": SMALL_TRANSUNET, **_run(small, SMALL_TRANSUNET["img_size"])}}
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    for name, make in (("swinunet", swinunet), ("transunet", transunet)):
+        save(name, make())
+        print(f"wrote tests/models/data/official_{name}.json.gz")
