@@ -15,7 +15,7 @@ from bench.engine.metrics import evaluate_case
 from bench.files import atomic_write
 from bench.protocol import Evaluation
 
-METRICS = ("dice", "hd95", "asd", "nsd")
+METRICS = ("dice", "hd95", "hd95_max", "asd", "nsd")
 PRED_DIR = "predictions"
 
 
