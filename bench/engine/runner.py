@@ -17,6 +17,7 @@ import torch
 from rich.progress import Progress
 
 from bench import env
+from bench.data.preprocessing import describe
 from bench.data.synapse import Dataset
 from bench.engine.evaluation import PRED_DIR, evaluate_model
 from bench.engine.results import (
@@ -77,7 +78,8 @@ def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
         "lr": spec.lr, "lr_source": spec.lr_source,
         "protocol": protocol.model_dump(), "protocol_name": protocol.name, "protocol_hash": protocol.hash(),
         "dataset": {"name": ds.name, "root": str(Path(ds.root).resolve()), "fingerprint": ds.fingerprint(),
-                    "num_classes": ds.num_classes, "organs": ds.organs},
+                    "num_classes": ds.num_classes, "organs": ds.organs, "channels": ds.channels,
+                    "preprocessing": describe(ds).to_dict()},
         "convention": protocol.evaluation.convention,
     }
 
@@ -153,10 +155,11 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
     label = f"{spec.label} seed {spec.seed}"
     try:
         seed_everything(spec.seed)  # identical initial weights for the same seed
-        model = create_model(spec.model, num_classes=ds.num_classes, in_channels=1,
+        model = create_model(spec.model, num_classes=ds.num_classes, in_channels=ds.channels,
                              img_size=protocol.input_size, weights=spec.weights, **spec.knobs)
+        manifest["in_channels"] = ds.channels
         manifest["parameters"] = sum(p.numel() for p in model.parameters())
-        manifest["gflops"] = gflops(model, protocol.input_size)
+        manifest["gflops"] = gflops(model, protocol.input_size, ds.channels)
         manifest["pretrained"] = spec.weights is not None
         result = train(model, ds, protocol, spec.seed, run_dir, spec.lr, device, progress, label, say)
         manifest.update(iterations=result.iterations, resumed_from=result.resumed_from,

@@ -175,7 +175,7 @@ def _objective(s: Search, study: optuna.Study, progress, say):
             lr, protocol = _suggest(trial, s)
             record["params"] = dict(trial.params)
             seed_everything(seed)
-            model = create_model(s.model, num_classes=s.view.num_classes, in_channels=1,
+            model = create_model(s.model, num_classes=s.view.num_classes, in_channels=s.view.channels,
                                  img_size=protocol.input_size)
             scorer = _Scorer(trial, model, s, protocol)
             label = f"{s.model} trial {trial.number} (lr {lr:.2e})"
