@@ -175,10 +175,12 @@ def restore_grid(label: np.ndarray, oriented: sitk.Image, original: sitk.Image) 
     return back
 
 
-def check_same_grid(image: sitk.Image, label: sitk.Image, label_path: Path) -> None:
+def check_same_grid(image: sitk.Image, label: sitk.Image, label_path: Path,
+                    names: tuple[str, str] = ("label", "image")) -> None:
     """Refuse a label that is not on the image's voxel grid (after reorientation)."""
+    lab, img = names
     if image.GetDimension() != label.GetDimension():
-        raise BenchError(f"{label_path}: label is {label.GetDimension()}D, image is {image.GetDimension()}D")
+        raise BenchError(f"{label_path}: {lab} is {label.GetDimension()}D, {img} is {image.GetDimension()}D")
     size_i, size_l = image.GetSize(), label.GetSize()
     sp_i, sp_l = np.array(image.GetSpacing()), np.array(label.GetSpacing())
     tol = 0.01 * float(sp_i.min())  # 1% of a voxel: header rounding, not a different grid
@@ -192,7 +194,7 @@ def check_same_grid(image: sitk.Image, label: sitk.Image, label_path: Path) -> N
     if not np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-3):
         problems.append("orientation differs")
     if problems:
-        raise BenchError(f"{label_path}: label is not on the image's grid ({'; '.join(problems)}: label vs image)")
+        raise BenchError(f"{label_path}: {lab} is not on the {img}'s grid ({'; '.join(problems)}: {lab} vs {img})")
 
 
 def _fmt(v) -> str:

@@ -39,22 +39,26 @@ class Preprocessing:
 
 def describe(ds: Dataset) -> Preprocessing:
     """The preprocessing of ``ds``'s images, from what its folder records."""
-    root = Path(ds.root)
+    return describe_folder(Path(ds.root), ds.channels)
+
+
+def describe_folder(root: Path, channels: int = 1) -> Preprocessing:
+    """``describe`` for a dataset folder (in the Synapse layout) given by its path."""
     meta = layout.read_meta(root)
     if meta is None:
         # synth.json (the synthetic abdomen) or the official preprocessed files: the Synapse CT window
-        return Preprocessing("volume", ds.channels)
+        return Preprocessing("volume", channels)
     if "mask_values" in meta or "files" in meta:  # a converted 2D image folder (bench.data.folders2d)
-        return Preprocessing("image2d", int(meta.get("channels", ds.channels)), None, False,
+        return Preprocessing("image2d", int(meta.get("channels", channels)), None, False,
                              meta.get("mask_values", "class ids"))
     source = meta.get("source")
     if isinstance(source, dict) and source.get("kind") == "acdc":
-        return Preprocessing("volume", ds.channels, None, False)
+        return Preprocessing("volume", channels, None, False)
     if isinstance(source, dict) and source.get("window"):
-        return Preprocessing("volume", ds.channels, tuple(source["window"]))
+        return Preprocessing("volume", channels, tuple(source["window"]))
     windows = {tuple(c["window"]) for c in (meta.get("cases") or {}).values() if c.get("window")}
     if len(windows) > 1:
-        return Preprocessing("volume", ds.channels, None, True, problem=(
+        return Preprocessing("volume", channels, None, True, problem=(
             f"{root}: its cases were imported with different CT windows "
             f"({', '.join(f'{lo:g} {hi:g}' for lo, hi in sorted(windows))}); pass --window LO HI"))
-    return Preprocessing("volume", ds.channels, windows.pop() if windows else CT_WINDOW)
+    return Preprocessing("volume", channels, windows.pop() if windows else CT_WINDOW)

@@ -22,6 +22,7 @@ from bench.data.synapse import Dataset
 from bench.engine.evaluation import PRED_DIR, evaluate_model
 from bench.engine.results import (
     CHECKPOINT,
+    EXPORT_DIR,
     FINAL_WEIGHTS,
     MANIFEST,
     METRICS,
@@ -107,6 +108,7 @@ def _clear(run_dir: Path) -> None:
     for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS, TRAIN_LOG):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / PRED_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / EXPORT_DIR, ignore_errors=True)
 
 
 def execute(
