@@ -125,6 +125,10 @@ def test_missing_and_extra_cases_are_listed(tmp_path):
     assert len(second) == 8 and second["value"].eq(0).all()  # scored as an empty prediction, not dropped
     assert set(second.loc[second["status"] == "ref_only", "label"]) == present
     assert json.loads((run / "manifest.json").read_text())["source"]["missing"] == ["case0002"]
+    np.savez(preds / "case0002.npz", pred=ref2)  # every case there, one file too many: still an error
+    with pytest.raises(BenchError, match=r"1 file\(s\) that are no test case of two: case0099.npz"):
+        evaluate_external(preds, ds, "t2", tmp_path / "results", SYNAPSE, **quiet)
+    (preds / "case0002.npz").unlink()
     res = bench_cli("evaluate", "--pred", str(preds), "--ref", str(root), "--name", "cli",
                     "--results", str(tmp_path / "r2"))
     assert res.returncode == 2 and "case0002" in res.stderr and "Traceback" not in res.stderr
