@@ -95,7 +95,7 @@ def test_report_lists_trained_and_external_runs(trained_run, tiny_dataset, tmp_p
     assert set(organ["model"]) == {"swinunet", "othertool (external)"}
     wilcoxon = pd.read_csv(rep.out / "csv" / "wilcoxon_dice.csv")
     assert set(wilcoxon["model"]) == {"othertool (external)"}  # in the paired tests against the baseline
-    md = (rep.out / "report.md").read_text()
+    md = (rep.out / "report.md").read_text(encoding="utf-8")
     assert "| othertool (external) |" in md and "| swinunet |" in md
     assert f"external runs (another tool's predictions, scored here under the same convention; no protocol, " \
            f"training split or seeds apply): othertool (external) from {(tmp_path / 'other').resolve()}" in md
