@@ -41,7 +41,12 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     protocol = load_protocol("smoke")
     ds = resolve_dataset(str(tiny_dataset), say=lambda *a, **k: None)
     results = tmp_path_factory.mktemp("trained") / "results"
-    out = execute(RunSpec("swinunet", 0, protocol.effective_lr(), "protocol"), protocol, ds, results,
-                  torch.device("cpu"), say=lambda *a, **k: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_thread: a tiny model gains nothing from two, and two thrash under load
+    try:
+        out = execute(RunSpec("swinunet", 0, protocol.effective_lr(), "protocol"), protocol, ds, results,
+                      torch.device("cpu"), say=lambda *a, **k: None)
+    finally:
+        torch.set_num_threads(threads)
     assert out.status == "complete", out.message
     return out.path

@@ -28,6 +28,11 @@ quiet = dict(say=lambda *a, **k: None)
 SYNAPSE = Evaluation(convention="synapse")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _threads(one_thread):
+    yield
+
+
 def _reference(root: Path, case: str = "case0001") -> tuple[np.ndarray, tuple[float, ...]]:
     with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5") as f:
         return f["label"][:], tuple(float(s) for s in f.attrs["spacing"])
