@@ -64,7 +64,7 @@ def _row(path: Path, m: dict | None) -> dict:
         "path": str(path), "model": run.get("model", m.get("model")), "seed": int(run.get("seed", m.get("seed", -1))),
         "status": m.get("status", "unknown"), "error": m.get("error"),
         "dataset": ds.get("name", run.get("dataset")), "fingerprint": ds.get("fingerprint"),
-        "protocol": m.get("protocol_name", run.get("protocol")), "protocol_hash": m.get("protocol_hash"),
+        "protocol": m.get("protocol_name") or run.get("protocol"), "protocol_hash": m.get("protocol_hash"),
         "convention": m.get("convention"), "external": m.get("kind") == "external",
         "pretrained": m.get("pretrained", m.get("weights") is not None), "weights": m.get("weights"),
         **{k: m.get(k) for k in ("parameters", "gflops", "train_images_per_second", "train_seconds",
@@ -93,6 +93,7 @@ def _cohort_key(row: pd.Series) -> tuple:
 def _arm_labels(runs: pd.DataFrame) -> pd.Series:
     """The model name, followed by the cohort fields that differ between cohorts (when mixed)."""
     varying = [f for f in COHORT_FIELDS if runs[f].astype(str).nunique() > 1]
+
     def name(row: pd.Series) -> str:
         return str(row["model"]) + (EXTERNAL_TAG if bool(row.get("external")) else "")
 
