@@ -15,7 +15,7 @@ from helpers import bench_cli
 from PIL import Image
 from scipy import ndimage
 
-from bench.data.inputs import find_inputs
+from bench.data.inputs import PALETTE, find_inputs
 from bench.data.resolve import resolve_dataset
 from bench.engine.inference import predict_volume
 from bench.engine.predict import from_run, predict_inputs
@@ -240,3 +240,7 @@ def test_pngs_of_other_sizes_are_predicted_at_their_size_in_the_training_convent
     expected = logits.argmax(1)[0].numpy().astype(np.uint8)
     assert 0 < expected.sum() < expected.size  # something and not everything: the comparison means something
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "wide.png")), expected * 255)
+    # the overlay: the image with the mask's contour (its boundary pixels) in the first class colour
+    drawn = (np.asarray(Image.open(tmp_path / "out" / "wide_overlay.png")) == PALETTE[0]).all(axis=2)
+    mask = expected > 0
+    assert np.array_equal(drawn, mask & ~ndimage.binary_erosion(mask, border_value=1))
