@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
+from scipy import ndimage
 
 from bench.data import folders2d
 from bench.data.ct_import import canonical, check_image, ct_window, on_grid, read_volume, restore_grid
@@ -145,19 +146,17 @@ def write_png(array: np.ndarray, out: Path) -> None:
 
 
 def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """The image (H x W or H x W x 3 in [0, 1]) as RGB uint8 with each class's contour in its colour."""
+    """The image (H x W or H x W x 3 in [0, 1]) as RGB uint8 with each class's contour in its colour
+    (inside the class, one pixel wide per 256 pixels of the image's shorter side)."""
     rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     lo, hi = float(rgb.min()), float(rgb.max())
     out = (255 * (rgb - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
+    width = max(1, round(min(label.shape) / 256))
     for k in np.unique(label):
         if k == 0:
             continue
         mask = label == k
-        inner = mask.copy()
-        inner[1:, :] &= mask[:-1, :]
-        inner[:-1, :] &= mask[1:, :]
-        inner[:, 1:] &= mask[:, :-1]
-        inner[:, :-1] &= mask[:, 1:]
+        inner = ndimage.binary_erosion(mask, iterations=width, border_value=1)
         out[mask & ~inner] = PALETTE[(int(k) - 1) % len(PALETTE)]
     return out
 

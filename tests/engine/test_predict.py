@@ -15,7 +15,7 @@ from helpers import bench_cli
 from PIL import Image
 from scipy import ndimage
 
-from bench.data.inputs import PALETTE, find_inputs
+from bench.data.inputs import PALETTE, find_inputs, overlay
 from bench.data.resolve import resolve_dataset
 from bench.engine.inference import predict_volume
 from bench.engine.predict import from_run, predict_inputs
@@ -244,3 +244,18 @@ def test_pngs_of_other_sizes_are_predicted_at_their_size_in_the_training_convent
     drawn = (np.asarray(Image.open(tmp_path / "out" / "wide_overlay.png")) == PALETTE[0]).all(axis=2)
     mask = expected > 0
     assert np.array_equal(drawn, mask & ~ndimage.binary_erosion(mask, border_value=1))
+
+
+def test_overlay_draws_each_class_contour_over_the_image():
+    gray = np.linspace(0, 1, 512 * 512, dtype=np.float32).reshape(512, 512)
+    label = np.zeros((512, 512), np.uint8)
+    label[100:300, 50:250], label[400:450, 400:500] = 1, 3
+    out = overlay(gray, label)
+    assert out.shape == (512, 512, 3) and out.dtype == np.uint8
+    for k in (1, 3):
+        mask = label == k
+        ring = mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=1)  # 2 px wide at 512
+        drawn = (out == PALETTE[k - 1]).all(axis=2)
+        assert np.array_equal(drawn, ring)
+    untouched = ~np.isin(label, [1, 3]) | ndimage.binary_erosion(label > 0, iterations=2, border_value=1)
+    assert np.array_equal(out[untouched], np.repeat((255 * gray[untouched])[:, None], 3, axis=1).astype(np.uint8))
