@@ -3,6 +3,7 @@ exactly the training preprocessing, and a bad input that costs only itself."""
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import h5py
@@ -67,7 +68,18 @@ def _ras(lps: sitk.Image) -> sitk.Image:
 
 
 def _write_dicom(image: sitk.Image, folder: Path) -> None:
-    """A CT series, one file per slice, with the position and orientation tags readers use."""
+    """A CT series, one file per slice, with the position and orientation tags readers use.
+
+    GDCM's writer sets the process locale to "C" and leaves it there, which turns Python's default
+    text encoding into ASCII for every later test in the process: the locale is restored after."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_slices(image, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(image: sitk.Image, folder: Path) -> None:
     folder.mkdir(parents=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
