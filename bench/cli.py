@@ -194,18 +194,139 @@ def models_cmd(
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run folder: <results>/<dataset>/<protocol>/<model>/seed<k>."),
-    convention: str | None = typer.Option(None, help="synapse or strict (default: the run's)."),
-    nsd_tolerance: float | None = typer.Option(None, help="NSD tolerance in mm (default: the run's)."),
+    run_dir: Path | None = typer.Argument(None, help="A run folder: <results>/<dataset>/<protocol>/<model>/seed<k> "
+                                          "(or <results>/<dataset>/external/<name>); or use --pred."),
+    convention: str | None = typer.Option(None, help="synapse or strict (default: the run's; with --pred: synapse)."),
+    nsd_tolerance: float | None = typer.Option(None, help="NSD tolerance in mm (default: the run's; with --pred: 2)."),
+    pred: Path | None = typer.Option(None, help="Another tool's predictions: a folder with one <case>.nii.gz "
+                                     "(.nii, .npz or .png) per test case of --ref."),
+    ref: str | None = typer.Option(None, help="With --pred: the dataset they predict (as `bench run --dataset`)."),
+    data_root: Path | None = typer.Option(None, help="With --ref synapse: the official preprocessed data."),
+    name: str | None = typer.Option(None, help="With --pred: the external run's name (e.g. nnunet)."),
+    label_map: str | None = typer.Option(None, help="With --pred: translate the tool's label ids (btcv, "
+                                         "totalsegmentator or a YAML file, as `bench data import`)."),
+    allow_missing: bool = typer.Option(False, help="With --pred: score a missing case as an empty prediction "
+                                       "(listed) and ignore files that are no test case."),
+    results: Path = typer.Option(Path("results"), help="With --pred: the results folder to add the external run to."),
+    force: bool = typer.Option(False, help="With --pred: replace an external run of that name from other predictions."),
 ) -> None:
-    """Re-score a finished run from its saved predictions (no retraining)."""
-    from bench.engine.rescore import rescore_run
+    """Re-score a finished run from its saved predictions (no retraining), or score another tool's
+    predictions (--pred) as an external run that `bench report` compares with trained ones."""
     from bench.report.console import render_rich, summary_table
 
-    rows = rescore_run(run_dir, convention, nsd_tolerance)
-    conv = rows["convention"].iloc[0]
-    console.print(render_rich(summary_table(rows), f"{run_dir} re-scored, convention {conv}", console.width))
-    console.print(f"rows for convention {conv} written to {run_dir / 'metrics.parquet'}")
+    if pred is None:
+        if run_dir is None:
+            raise BenchError("give a run folder to re-score, or --pred DIR --ref DATASET --name NAME")
+        extra = [f"--{k}" for k, v in (("ref", ref), ("name", name), ("label-map", label_map)) if v]
+        if extra:
+            raise BenchError(f"{', '.join(extra)} go with --pred")
+        from bench.engine.rescore import rescore_run
+
+        rows = rescore_run(run_dir, convention, nsd_tolerance)
+        conv = rows["convention"].iloc[0]
+        console.print(render_rich(summary_table(rows), f"{run_dir} re-scored, convention {conv}", console.width))
+        console.print(f"rows for convention {conv} written to {run_dir / 'metrics.parquet'}")
+        return
+    if run_dir is not None:
+        raise BenchError("give either a run folder or --pred, not both")
+    if ref is None or name is None:
+        raise BenchError("--pred needs --ref DATASET and --name NAME")
+    from bench.data.labelmaps import load_label_map
+    from bench.data.resolve import resolve_dataset
+    from bench.engine.external import evaluate_external
+    from bench.protocol import Evaluation
+
+    conv = convention or "synapse"
+    if conv not in ("synapse", "strict"):
+        raise BenchError(f"--convention must be synapse or strict, got '{conv}'")
+    ev = Evaluation(convention=conv, **({"nsd_tolerance_mm": nsd_tolerance} if nsd_tolerance is not None else {}))
+    lmap = load_label_map(label_map) if label_map else None
+    ds = resolve_dataset(ref, say=console.print, data_root=data_root)
+    out, rows = evaluate_external(pred, ds, name, results, ev, lmap, allow_missing, force, say=console.print)
+    console.print(render_rich(summary_table(rows), f"{name} (external) on {ds.name}, convention {conv}",
+                              console.width))
+    console.print(f"external run written to {out}; `bench report --results {results}` compares it with trained runs")
+
+
+@app.command()
+def predict(
+    run_dir: Path | None = typer.Argument(None, help="A run folder (its model.pt and manifest); or use --weights."),
+    input: Path = typer.Option(..., "--input", help="A NIfTI / MHA / NRRD file, a DICOM series folder, a PNG / JPG / "
+                               "TIFF file, or a folder of these (sub-folders: DICOM series)."),
+    out: Path = typer.Option(..., help="Output folder: <name>.nii.gz for volumes, <name>.png for 2D images."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int | None = typer.Option(None, help="Slices per forward pass (default: the protocol's)."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <name>_overlay.png: contours on the image "
+                                 "(for a volume, its axial slice with the most foreground)."),
+    resize: str = typer.Option("bilinear-logits", help="bilinear-logits (smooth edges at the native size) or "
+                               "nearest-label (the official procedure)."),
+    weights: str | None = typer.Option(None, help="MODEL=PATH: weights from elsewhere instead of a run folder "
+                                       "(with --protocol, and --dataset for its classes and preprocessing)."),
+    protocol: str | None = typer.Option(None, help="With --weights: the protocol the weights were trained under."),
+    dataset: str | None = typer.Option(None, help="With --weights: the dataset whose classes, channels and "
+                                       "preprocessing apply (default: Synapse's eight organs, CT, one channel)."),
+    window: tuple[float, float] | None = typer.Option(None, help="CT window LO HI in HU (default: the training "
+                                                      "data's)."),
+) -> None:
+    """Segment new scans or images with a trained model, in the input's own geometry."""
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.data.inputs import find_inputs
+    from bench.engine.predict import from_run, from_weights, predict_inputs
+    from bench.env import pick_device
+    from bench.protocol import load_protocol
+
+    if (run_dir is None) == (weights is None):
+        raise BenchError("give a run folder or --weights MODEL=PATH (with --protocol), not both or neither")
+    if resize not in ("bilinear-logits", "nearest-label"):
+        raise BenchError(f"--resize must be bilinear-logits or nearest-label, got '{resize}'")
+    if batch_size is not None and batch_size <= 0:
+        raise BenchError(f"--batch-size must be positive, got {batch_size}")
+    inputs, skipped = find_inputs(input)
+    if run_dir is not None:
+        if protocol or dataset:
+            raise BenchError("--protocol and --dataset go with --weights; a run folder records its own")
+        predictor = from_run(run_dir, window)
+    else:
+        from bench.data.preprocessing import describe
+        from bench.data.resolve import resolve_dataset
+
+        if protocol is None:
+            raise BenchError("--weights needs --protocol (the input size the weights were trained at)")
+        (model, path), = _parse_weights([weights]).items()
+        ds = resolve_dataset(dataset, say=console.print) if dataset else None
+        predictor = from_weights(model, Path(path), load_protocol(protocol), ds.organs if ds else None,
+                                 describe(ds) if ds else None, window)
+    predictor = replace(predictor, resize=resize, batch_size=batch_size or predictor.batch_size)
+    if skipped:
+        console.print(f"skipping {len(skipped)} other file(s) in {input} (e.g. {skipped[0].name})")
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    with progress:
+        summary = predict_inputs(predictor, inputs, out, pick_device(device), overlay, progress,
+                                 say=lambda s: err_console.print(s, markup=False, highlight=False, soft_wrap=True))
+    done = len(inputs) - len(summary.failed)
+    console.print(f"{predictor.label}: {done} of {len(inputs)} input(s) segmented into {out}")
+    if summary.failed:
+        err_console.print(f"{len(summary.failed)} input(s) failed: "
+                          + ", ".join(str(inp.path) for inp, _ in summary.failed), markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder (trained or external)."),
+    format: str = typer.Option("nifti", "--format", help="nifti: <case>.nii.gz per saved test prediction."),
+    out: Path | None = typer.Option(None, help="Output folder (default: RUN_DIR/nifti)."),
+    images: bool = typer.Option(False, "--images", help="Also write each test image as <case>_image.nii.gz."),
+) -> None:
+    """Write a run's saved test predictions as NIfTI on the test volumes' grid (opens in any viewer)."""
+    from bench.engine.export import export_run
+
+    files = export_run(run_dir, format, out, images, say=console.print)
+    console.print(f"wrote {len(files)} file(s) to {files[0].parent}")
 
 
 @app.command()

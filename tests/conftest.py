@@ -24,3 +24,29 @@ def tiny_dataset(tmp_path_factory) -> Path:
     """Two training cases and one test volume at 64 x 64: enough for the smoke protocol."""
     root = tmp_path_factory.mktemp("data") / "tiny"
     return synth.generate(root, seed=0, size=64, train_cases=("0005", "0006"), test_cases=("0001",))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_dataset) -> Path:
+    """A complete smoke run of swinunet on the tiny dataset with its weights (for predict, export, report).
+
+    Run in-process (no CLI start-up): ``<results>/tiny/smoke/swinunet/seed0``.
+    """
+    import torch
+
+    from bench.data.resolve import resolve_dataset
+    from bench.engine.runner import RunSpec, execute
+    from bench.protocol import load_protocol
+
+    protocol = load_protocol("smoke")
+    ds = resolve_dataset(str(tiny_dataset), say=lambda *a, **k: None)
+    results = tmp_path_factory.mktemp("trained") / "results"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_thread: a tiny model gains nothing from two, and two thrash under load
+    try:
+        out = execute(RunSpec("swinunet", 0, protocol.effective_lr(), "protocol"), protocol, ds, results,
+                      torch.device("cpu"), say=lambda *a, **k: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert out.status == "complete", out.message
+    return out.path

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout
-SHARED = ROOT.parent / "shared"  # ../shared beside the checkout (CI has it; a user's clone may not)
+# ../shared beside the checkout (CI has it; a user's clone may not); SEGBENCH_SHARED points elsewhere
+# (a git worktree in another folder)
+SHARED = Path(os.environ.get("SEGBENCH_SHARED") or ROOT.parent / "shared")
 
 
 def subprocess_env() -> dict[str, str]:

@@ -76,8 +76,8 @@ def prepare_acdc(raw: Path, out: Path, say=print) -> Path:
             if i % 10 == 0:
                 say(f"[{i + 1}/{len(patients)}] patient{p:03d} ...")
             for case, img_path, gt_path in frames:
-                img, lab, spacing = load_pair(img_path, gt_path, ACDC, minmax, orient=False)
-                names = layout.write_case(tmp, case, img, lab, spacing)
+                img, lab, spacing, grid = load_pair(img_path, gt_path, ACDC, minmax, orient=False)
+                names = layout.write_case(tmp, case, img, lab, spacing, grid)
                 split[which].append(case)
                 if which == "train":
                     train_slices += names

@@ -6,7 +6,9 @@ reoriented to one canonical voxel order (DICOM LPS: rows run anterior -> posteri
 right -> left, slices inferior -> superior, so axial slices come first in the D x H x W arrays),
 and the label must then lie on exactly the image's grid. Reorienting only permutes and flips
 axes, so every labelled voxel is kept; labels on a different grid are refused, not resampled.
-CT intensities are clipped to a window (default [-125, 275] HU) and scaled to [0, 1].
+CT intensities are clipped to a window (default [-125, 275] HU) and scaled to [0, 1]. Each test
+volume records its grid (spacing, and the origin and direction of the reoriented image), so a
+prediction can be put back in physical space (``bench export``, ``bench predict``).
 """
 from __future__ import annotations
 
@@ -133,10 +135,53 @@ def canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
-def check_same_grid(image: sitk.Image, label: sitk.Image, label_path: Path) -> None:
+def read_volume(path: Path) -> sitk.Image:
+    """A single-channel 3D image (NIfTI file or DICOM series folder), as read, not reoriented."""
+    image = read_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise BenchError(f"{path}: expected a grayscale volume, got "
+                         f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    if image.GetDimension() != 3:
+        raise BenchError(f"{path}: expected a 3D volume, got {image.GetDimension()}D")
+    return image
+
+
+def grid_of(image: sitk.Image) -> dict:
+    """Origin (x, y, z) mm and direction (9 cosines, row-major) of an image, as stored with a test volume."""
+    return {"origin": [float(v) for v in image.GetOrigin()], "direction": [float(v) for v in image.GetDirection()]}
+
+
+def on_grid(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    """A (z, y, x) array as an image with ``grid``'s size, spacing, origin and direction."""
+    out = sitk.GetImageFromArray(array)
+    if out.GetSize() != grid.GetSize():
+        raise ValueError(f"array {array.shape} does not fit a grid of size {grid.GetSize()}")
+    out.CopyInformation(grid)
+    return out
+
+
+def restore_grid(label: np.ndarray, oriented: sitk.Image, original: sitk.Image) -> sitk.Image:
+    """A label array in ``oriented``'s (LPS) voxel order, put back on ``original``'s grid.
+
+    Reorienting permutes and flips axes only, so the inverse is exact: every voxel keeps its
+    physical position, and the result has the original's size, spacing, origin and direction.
+    """
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(original.GetDirection())
+    back = sitk.DICOMOrient(on_grid(label, oriented), code)
+    try:  # a bug here must never write a shifted mask
+        check_same_grid(original, back, Path("restored prediction"))
+    except BenchError as e:
+        raise RuntimeError(f"reorienting back to {code} failed: {e}") from None
+    back.CopyInformation(original)  # the original header, not a recomputation of it (no rounding)
+    return back
+
+
+def check_same_grid(image: sitk.Image, label: sitk.Image, label_path: Path,
+                    names: tuple[str, str] = ("label", "image")) -> None:
     """Refuse a label that is not on the image's voxel grid (after reorientation)."""
+    lab, img = names
     if image.GetDimension() != label.GetDimension():
-        raise BenchError(f"{label_path}: label is {label.GetDimension()}D, image is {image.GetDimension()}D")
+        raise BenchError(f"{label_path}: {lab} is {label.GetDimension()}D, {img} is {image.GetDimension()}D")
     size_i, size_l = image.GetSize(), label.GetSize()
     sp_i, sp_l = np.array(image.GetSpacing()), np.array(label.GetSpacing())
     tol = 0.01 * float(sp_i.min())  # 1% of a voxel: header rounding, not a different grid
@@ -150,7 +195,7 @@ def check_same_grid(image: sitk.Image, label: sitk.Image, label_path: Path) -> N
     if not np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-3):
         problems.append("orientation differs")
     if problems:
-        raise BenchError(f"{label_path}: label is not on the image's grid ({'; '.join(problems)}: label vs image)")
+        raise BenchError(f"{label_path}: {lab} is not on the {img}'s grid ({'; '.join(problems)}: {lab} vs {img})")
 
 
 def _fmt(v) -> str:
@@ -179,14 +224,10 @@ def ct_window(hu: np.ndarray, window: tuple[float, float], path: Path) -> np.nda
 
 def load_pair(image_path: Path, label_path: Path, label_map: LabelMap,
               normalize: Callable[[np.ndarray, Path], np.ndarray], orient: bool = True,
-              ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Image (float32) and remapped label (uint8), D x H x W on one grid, and spacing (z, y, x) mm."""
-    image, label = read_image(image_path), read_image(label_path)
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise BenchError(f"{image_path}: expected a grayscale volume, got "
-                         f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
-    if image.GetDimension() != 3:
-        raise BenchError(f"{image_path}: expected a 3D volume, got {image.GetDimension()}D")
+              ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], dict]:
+    """Image (float32) and remapped label (uint8), D x H x W on one grid, spacing (z, y, x) mm,
+    and the grid's origin and direction (``grid_of``) after reorientation."""
+    image, label = read_volume(image_path), read_image(label_path)
     if orient:
         image, label = canonical(image), canonical(label) if label.GetDimension() == 3 else label
     check_same_grid(image, label, label_path)
@@ -194,7 +235,7 @@ def load_pair(image_path: Path, label_path: Path, label_map: LabelMap,
     check_image(hu, image_path)
     lab = label_map.apply(sitk.GetArrayFromImage(label), str(label_path))
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
-    return normalize(hu, image_path), lab, spacing
+    return normalize(hu, image_path), lab, spacing, grid_of(image)
 
 
 def import_case(image: Path, label: Path, label_map: LabelMap, case: str, out: Path,
@@ -203,10 +244,10 @@ def import_case(image: Path, label: Path, label_map: LabelMap, case: str, out: P
     check_case_id(case)
     if split not in ("train", "test"):
         raise BenchError(f"--split must be train or test, got '{split}'")
-    img, lab, spacing = load_pair(image, label, label_map, lambda a, p: ct_window(a, window, p))
+    img, lab, spacing, grid = load_pair(image, label, label_map, lambda a, p: ct_window(a, window, p))
     source = {"image": str(Path(image).resolve()), "label": str(Path(label).resolve()),
               "label_map": label_map.name, "window": list(window), "split": split}
-    names = layout.add_case(out, case, img, lab, spacing, split, label_map.organs, source)
+    names = layout.add_case(out, case, img, lab, spacing, split, label_map.organs, source, grid)
     counts = np.bincount(lab.ravel(), minlength=max(label_map.organs) + 1)
     return {"case": case, "slices": len(names), "shape": img.shape, "spacing": spacing,
             "voxels": {name: int(counts[i]) for i, name in label_map.organs.items()}}
@@ -239,8 +280,8 @@ def prepare_btcv(raw: Path, out: Path, window: tuple[float, float] = CT_WINDOW, 
     with layout.building(out) as tmp:
         for i, (case, (img_path, lab_path)) in enumerate(pairs.items()):
             say(f"[{i + 1}/{len(pairs)}] {case}")
-            img, lab, spacing = load_pair(img_path, lab_path, BTCV, lambda a, p: ct_window(a, window, p))
-            names = layout.write_case(tmp, case, img, lab, spacing)
+            img, lab, spacing, grid = load_pair(img_path, lab_path, BTCV, lambda a, p: ct_window(a, window, p))
+            names = layout.write_case(tmp, case, img, lab, spacing, grid)
             if case[4:] in BTCV_TRAIN:
                 train_slices += names
             else:

@@ -5,9 +5,13 @@ files' content), so the engine and every model see it like any other dataset:
 
 - pairing: ``images/x.png`` goes with ``masks/x.png`` or ``masks/x_mask.png`` (PNG, JPG or TIFF,
   extensions may differ); an unpaired file is an error.
-- images: grayscale or RGB/RGBA (converted to one gray channel, ITU-R 601 weights, alpha
-  dropped: the models take one channel); 8-bit images are divided by 255, deeper ones (16-bit,
-  float) scaled per image to [0, 1]. Any size; the native size is kept.
+- images: grayscale, or colour (RGB/RGBA/palette, alpha dropped). A folder of colour images
+  trains with three input channels, a gray folder with one; a colour file whose three channels
+  are equal counts as gray. A folder mixing both is converted to the majority (a tie: colour),
+  said once (gray -> colour repeats the channel; colour -> gray uses ITU-R 601 weights).
+  8-bit images are divided by 255, deeper ones (16-bit, float) scaled per image to [0, 1].
+  Any size; the native size is kept. ``dataset.json`` records ``channels`` and the masks' value
+  convention (``mask_values``: ``0/255`` or ``class ids``) so predictions can be written back in it.
 - masks: binary 0/255 or 0/1 (-> 0/1), or class indices 0..K (grayscale or palette PNG). An
   optional ``classes.txt`` names the classes 1..K, one per line (a first line "background" is
   skipped); without it the classes are ``foreground`` (binary) or ``class_1`` ... ``class_K``.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,7 @@ from bench.data.synapse import Dataset, open_synapse
 from bench.errors import BenchError
 from bench.paths import cache_dir
 
-VERSION = 1
+VERSION = 2  # 2: colour kept as three channels; dataset.json records channels and mask_values
 EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 CLASS_FILE = "classes.txt"
 TEST_FRACTION, SPLIT_SEED = 0.2, 0
@@ -99,10 +104,35 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Gray float32 in [0, 1], H x W."""
+COLOUR_MODES = ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV")
+MASK_255, MASK_IDS = "0/255", "class ids"
+
+
+def is_colour(path: Path) -> bool:
+    """True for colour content: a colour mode whose channels differ (a gray scan saved as RGB is gray)."""
     im = _open(path)
-    if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+    if im.mode not in COLOUR_MODES:
+        return False
+    rgb = np.asarray(im.convert("RGB"))
+    return not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+
+
+def read_image(path: Path, channels: int = 1) -> np.ndarray:
+    """Float32 in [0, 1]: H x W (``channels`` 1: colour converted to gray) or H x W x 3
+    (``channels`` 3: gray repeated into the three channels)."""
+    if channels == 3:
+        im = _open(path)
+        if im.mode in COLOUR_MODES:
+            arr = np.asarray(im.convert("RGB"), np.float32) / 255.0
+        else:
+            arr = np.repeat(read_image(path, 1)[..., None], 3, axis=2)
+        if arr.min() == arr.max():
+            raise BenchError(f"{path}: image is constant; nothing to segment")
+        return arr.astype(np.float32)
+    if channels != 1:
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    im = _open(path)
+    if im.mode in COLOUR_MODES:
         rgb = np.asarray(im.convert("RGB"), np.float32)
         arr = rgb @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
     elif im.mode in ("L", "LA", "1"):
@@ -196,24 +226,36 @@ def fingerprint(root: Path, pairs: dict[str, tuple[Path, Path]]) -> str:
     return h.hexdigest()[:16]
 
 
+def folder_channels(root: Path, images: list[Path], say=print) -> int:
+    """3 when most images are colour (a tie too: nothing is lost), else 1; a mix is said once."""
+    colour = sum(is_colour(p) for p in images)
+    channels = 3 if 2 * colour >= len(images) else 1
+    if 0 < colour < len(images):
+        say(f"{root / 'images'}: {colour} colour and {len(images) - colour} gray images; converting all to "
+            + ("colour (3 channels)" if channels == 3 else "gray (1 channel)") + ", the majority")
+    return channels
+
+
 def convert(root: Path, pairs: dict[str, tuple[Path, Path]], out: Path, say=print) -> None:
     """Check every pair and write the converted dataset to out (all or nothing)."""
     say(f"checking and converting {len(pairs)} image/mask pairs from {root} ...")
     masks = {cid: m for cid, (_, m) in pairs.items()}
     values = {cid: set(label_values(read_mask(m))) for cid, m in masks.items()}
     organs, fold255 = class_encoding(root, masks, values)
+    channels = folder_channels(root, [img for img, _ in pairs.values()], say)
     try:
         with layout.building(out) as tmp:
             for cid, (img_path, mask_path) in pairs.items():
-                image, mask = read_image(img_path), read_mask(mask_path)
-                if image.shape != mask.shape:
+                image, mask = read_image(img_path, channels), read_mask(mask_path)
+                if image.shape[:2] != mask.shape:
                     raise BenchError(f"{mask_path}: mask is {mask.shape[1]} x {mask.shape[0]}, "
                                      f"image is {image.shape[1]} x {image.shape[0]}")
                 if fold255:
                     mask = np.where(mask == 255, 1, mask)
                 layout.write_case(tmp, cid, image[None], mask[None].astype(np.uint8), spacing=None)
             layout.write_lists(tmp, [], [])
-            layout.write_meta(tmp, organs, source=str(root.resolve()), version=VERSION,
+            layout.write_meta(tmp, organs, source=str(root.resolve()), version=VERSION, channels=channels,
+                              mask_values=MASK_255 if fold255 else MASK_IDS,
                               files={cid: [str(p.relative_to(root)) for p in pr] for cid, pr in pairs.items()})
     except OSError:
         if not (out / layout.META).exists():  # another process converting the same folder won
@@ -259,7 +301,7 @@ def open_folder(root: Path, say=print) -> Dataset:
     if (_text(out / layout.TRAIN_LIST), _text(out / layout.TEST_LIST)) != want:
         layout.atomic_text(out / layout.TRAIN_LIST, want[0])
         layout.atomic_text(out / layout.TEST_LIST, want[1])
-    return open_synapse(out, root.resolve().name, meta["organs"])
+    return replace(open_synapse(out, root.resolve().name, meta["organs"]), channels=int(meta.get("channels", 1)))
 
 
 def _text(path: Path) -> str | None:

@@ -3,8 +3,9 @@
 Every case is written in both forms, so any split (train/test lists, folds, a validation
 subset) can use it without converting again:
 
-    train_npz/<case>_sliceNNN.npz     image float32 H x W in [0, 1], label uint8 H x W
-    test_vol_h5/<case>.npy.h5         image, label D x H x W (axial slices first); attr spacing (z, y, x) mm
+    train_npz/<case>_sliceNNN.npz     image float32 H x W (colour: H x W x 3) in [0, 1], label uint8 H x W
+    test_vol_h5/<case>.npy.h5         image, label D x H x W (axial slices first); attr spacing (z, y, x) mm,
+                                      and for imported CT / MR origin (x, y, z) mm and direction (9 cosines)
     lists/lists_Synapse/train.txt     the slices the engine trains on
     lists/lists_Synapse/test_vol.txt  the cases it tests on
     dataset.json                      class names ("organs") and where the data came from
@@ -40,10 +41,13 @@ def slice_name(case: str, k: int) -> str:
 
 
 def write_case(root: Path, case: str, image: np.ndarray, label: np.ndarray,
-               spacing: tuple[float, float, float] | None) -> list[str]:
-    """Write one case's slices and volume under root; returns the slice names."""
-    if image.shape != label.shape or image.ndim != 3:
-        raise ValueError(f"image {image.shape} and label {label.shape} must be equal D x H x W")
+               spacing: tuple[float, float, float] | None, grid: dict | None = None) -> list[str]:
+    """Write one case's slices and volume under root; returns the slice names.
+
+    ``grid`` (origin, direction of the volume as stored: ``bench.data.ct_import.grid_of``) goes
+    into the volume's attributes beside the spacing."""
+    if image.shape[:3] != label.shape or image.ndim not in (3, 4) or label.ndim != 3:
+        raise ValueError(f"image {image.shape} and label {label.shape} must be D x H x W (image: or D x H x W x C)")
     (root / "train_npz").mkdir(parents=True, exist_ok=True)
     (root / "test_vol_h5").mkdir(parents=True, exist_ok=True)
     image, label = image.astype(np.float32), label.astype(np.uint8)
@@ -52,11 +56,12 @@ def write_case(root: Path, case: str, image: np.ndarray, label: np.ndarray,
         names.append(slice_name(case, k))
         np.savez(root / "train_npz" / f"{names[-1]}.npz", image=image[k], label=label[k])
     with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "w") as f:
-        chunks = (1, *image.shape[1:])
-        f.create_dataset("image", data=image, chunks=chunks, compression="gzip", compression_opts=1)
-        f.create_dataset("label", data=label, chunks=chunks, compression="gzip", compression_opts=1)
+        for key, data in (("image", image), ("label", label)):
+            f.create_dataset(key, data=data, chunks=(1, *data.shape[1:]), compression="gzip", compression_opts=1)
         if spacing is not None:
             f.attrs["spacing"] = np.asarray(spacing, np.float64)
+        for key, value in (grid or {}).items():
+            f.attrs[key] = np.asarray(value, np.float64)
     return names
 
 
@@ -111,7 +116,7 @@ def building(out: Path) -> Iterator[Path]:
 
 
 def add_case(out: Path, case: str, image: np.ndarray, label: np.ndarray, spacing, split: str,
-             organs: dict[int, str], source: dict) -> list[str]:
+             organs: dict[int, str], source: dict, grid: dict | None = None) -> list[str]:
     """Add one case to a (possibly new) dataset folder, all or nothing; returns its slice names."""
     out = Path(out)
     meta = read_meta(out) if out.is_dir() else None
@@ -129,7 +134,7 @@ def add_case(out: Path, case: str, image: np.ndarray, label: np.ndarray, spacing
     moved: list[Path] = []
     new_meta = meta is None
     try:
-        names = write_case(stage, case, image, label, spacing)
+        names = write_case(stage, case, image, label, spacing, grid)
         for sub in ("train_npz", "test_vol_h5"):
             (out / sub).mkdir(exist_ok=True)
             for f in sorted((stage / sub).iterdir()):

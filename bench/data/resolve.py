@@ -8,6 +8,7 @@ official preprocessed files), a folder in the Synapse layout (made by ``bench da
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from bench.data.organs import SYNAPSE_ORGANS
@@ -38,7 +39,8 @@ def open_layout(root: Path, name: str | None = None, say=print) -> Dataset:
     meta = read_meta(root)
     organs = meta["organs"] if meta else SYNAPSE_ORGANS
     validate_layout(root, max(organs) + 1, say=say)
-    return open_synapse(root, name or root.resolve().name, organs)
+    ds = open_synapse(root, name or root.resolve().name, organs)
+    return replace(ds, channels=int(meta.get("channels", 1))) if meta else ds
 
 
 def resolve_dataset(spec: str, say=print, data_root: Path | str | None = None, fold: int | None = None) -> Dataset:

@@ -32,11 +32,13 @@ def augment(image: np.ndarray, label: np.ndarray, aug: Augmentation, rng: np.ran
 
 
 def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image cubic, label nearest, to size x size (the official zoom)."""
-    h, w = image.shape
+    """Image cubic, label nearest, to size x size (the official zoom); a colour image channel by channel."""
+    h, w = image.shape[:2]
     if (h, w) != (size, size):
-        image = ndimage.zoom(image, (size / h, size / w), order=3)
-        label = ndimage.zoom(label, (size / h, size / w), order=0)
+        f = (size / h, size / w)
+        image = (ndimage.zoom(image, f, order=3) if image.ndim == 2 else
+                 np.stack([ndimage.zoom(image[..., c], f, order=3) for c in range(image.shape[2])], axis=-1))
+        label = ndimage.zoom(label, f, order=0)
     return image.astype(np.float32), label
 
 
@@ -64,7 +66,8 @@ class TrainSlices(torch.utils.data.Dataset):
             rng = np.random.default_rng([self.seed, epoch, index])
             image, label = augment(image, label, self.aug, rng)
         image, label = resize_pair(image, label, self.size)  # the label as stored until now: see load_slice
-        return torch.from_numpy(image)[None], torch.from_numpy(label.astype(np.int64))
+        x = torch.from_numpy(image)[None] if image.ndim == 2 else torch.from_numpy(image.transpose(2, 0, 1).copy())
+        return x, torch.from_numpy(label.astype(np.int64))
 
 
 def batch_keys(n_items: int, batch_size: int, seed: int, iteration: int) -> list[tuple[int, int]]:

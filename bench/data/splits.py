@@ -157,7 +157,7 @@ def _view(ds: Dataset, name: str, train: set[str], val: list[str]) -> Dataset:
     if not h5 and not set(val) <= {case_of(s) for s in ds.train_slices}:
         raise BenchError(f"{ds.root}: validation cases have neither volumes nor listed slices")
     return Dataset(name=name, root=ds.root, train_slices=slices, test_cases=list(val),
-                   organs=ds.organs, eval_split="test" if h5 else "val")
+                   organs=ds.organs, eval_split="test" if h5 else "val", channels=ds.channels)
 
 
 def _stored(ds: Dataset) -> dict:

@@ -36,14 +36,19 @@ class Dataset:
     # "test": test_cases are volumes in test_vol_h5/. "val": test_cases are training cases held
     # out for validation, whose volumes are stacked from their training slices.
     eval_split: str = "test"
+    # image channels: 1 (gray) or 3 (colour; training slices H x W x 3, test volumes D x H x W x 3)
+    channels: int = 1
 
     @property
     def num_classes(self) -> int:
         return max(self.organs) + 1
 
     def fingerprint(self) -> str:
-        """Short hash of the split lists: runs on different splits never look alike."""
-        h = hashlib.sha256("\n".join(self.train_slices + ["--"] + self.test_cases).encode())
+        """Short hash of the split lists (and of a colour channel count): runs on different splits never
+        look alike. Gray datasets hash their lists alone, as before channels were recorded."""
+        parts = self.train_slices + ["--"] + self.test_cases
+        parts += [f"channels={self.channels}"] if self.channels != 1 else []
+        h = hashlib.sha256("\n".join(parts).encode())
         return h.hexdigest()[:12]
 
 
@@ -85,7 +90,7 @@ def validation_split(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> Datas
     val = sorted(rng.choice(cases, size=n_val, replace=False).tolist())
     train = [s for s in ds.train_slices if case_of(s) not in val]
     return Dataset(name=ds.name, root=ds.root, train_slices=train, test_cases=val, organs=ds.organs,
-                   eval_split="val")
+                   eval_split="val", channels=ds.channels)
 
 
 def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +104,21 @@ def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
             return f["image"].astype(np.float32), f["label"]
     except Exception as e:  # truncated zip, missing key...
         raise BenchError(f"{path}: unreadable training slice ({e})") from None
+
+
+def volume_grid(ds: Dataset, case: str) -> dict:
+    """What a test volume records of its grid: ``spacing`` (z, y, x) mm, ``origin`` (x, y, z) mm and
+    ``direction`` (9 cosines) when present, and its ``shape`` (D, H, W); arrays are not read."""
+    path = ds.root / "test_vol_h5" / f"{case}.npy.h5"
+    try:
+        with h5py.File(path, "r") as f:
+            out: dict = {"shape": tuple(int(n) for n in f["label"].shape)}
+            for key in ("spacing", "origin", "direction"):
+                if key in f.attrs:
+                    out[key] = tuple(float(v) for v in np.asarray(f.attrs[key]).ravel())
+    except Exception as e:
+        raise BenchError(f"{path}: unreadable test volume ({e})") from None
+    return out
 
 
 def load_volume(ds: Dataset, case: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:

@@ -77,8 +77,9 @@ def check_slice(path: Path, num_classes: int) -> None:
         raise
     except Exception as e:  # truncated zip, bad header...
         raise BenchError(f"{path}: unreadable training slice ({type(e).__name__}: {e})") from None
-    if len(shape) != 2 or label.shape != shape or 0 in shape:
-        raise BenchError(f"{path}: image {shape} and label {label.shape} must be equal 2D (H x W) arrays, not empty")
+    if label.ndim != 2 or tuple(shape[:2]) != label.shape or 0 in shape or not (len(shape) == 2 or shape[2:] == (3,)):
+        raise BenchError(f"{path}: image {shape} and label {label.shape} must be equal 2D (H x W) arrays, not empty "
+                         "(a colour image: H x W x 3)")
     _check_image_dtype(dtype, str(path))
     if not np.isfinite(image).all():
         raise BenchError(f"{path}: image has NaN or infinite values")
@@ -92,9 +93,9 @@ def check_volume(path: Path, num_classes: int) -> None:
                 if key not in f:
                     raise BenchError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys())})")
             image, label = f["image"], f["label"]
-            if image.ndim != 3 or image.shape != label.shape:
+            if label.ndim != 3 or image.shape[:3] != label.shape or not (image.ndim == 3 or image.shape[3:] == (3,)):
                 raise BenchError(f"{path}: image {image.shape} and label {label.shape} must be equal "
-                                 "3D (D x H x W) arrays")
+                                 "3D (D x H x W) arrays (a colour image: D x H x W x 3)")
             if 0 in image.shape:
                 raise BenchError(f"{path}: empty test volume ({'x'.join(map(str, image.shape))}): "
                                  "a case needs at least one slice")
@@ -109,6 +110,9 @@ def check_volume(path: Path, num_classes: int) -> None:
                 sp = np.asarray(f.attrs["spacing"], np.float64)
                 if sp.shape != (3,) or not np.all(sp > 0):
                     raise BenchError(f"{path}: attribute 'spacing' must be three positive numbers (z, y, x) mm")
+            for key, n in (("origin", 3), ("direction", 9)):
+                if key in f.attrs and np.asarray(f.attrs[key], np.float64).shape != (n,):
+                    raise BenchError(f"{path}: attribute '{key}' must be {n} numbers")
     except BenchError:
         raise
     except Exception as e:

@@ -18,7 +18,7 @@ from bench.errors import BenchError
 from bench.files import atomic_write
 from bench.protocol import Evaluation
 
-METRICS = ("dice", "hd95", "asd", "nsd")
+METRICS = ("dice", "hd95", "hd95_max", "asd", "nsd")
 PRED_DIR = "predictions"
 
 
@@ -83,7 +83,7 @@ def evaluate_model(
         futures = []
         for case in ds.test_cases:
             image, ref, spacing = load_volume(ds, case)
-            pred = predict_volume(model, image, input_size, ev.batch_size, ev.resize, device)
+            pred = predict_volume(model, image, input_size, ev.batch_size, ev.resize, device, ds.channels)
             futures.append(pool.submit(score, case, pred, ref, spacing))
         frames = [f.result() for f in futures]
     if progress is not None:

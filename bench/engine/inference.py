@@ -15,10 +15,12 @@ from scipy import ndimage
 
 
 def _to_input(slice_: np.ndarray, size: int) -> np.ndarray:
-    h, w = slice_.shape
-    if (h, w) == (size, size):
-        return slice_.astype(np.float32)
-    return ndimage.zoom(slice_, (size / h, size / w), order=3).astype(np.float32)
+    """C x size x size from an H x W (gray) or H x W x C slice; cubic zoom, channel by channel."""
+    planes = [slice_] if slice_.ndim == 2 else [slice_[..., c] for c in range(slice_.shape[2])]
+    h, w = slice_.shape[:2]
+    if (h, w) != (size, size):
+        planes = [ndimage.zoom(p, (size / h, size / w), order=3) for p in planes]
+    return np.stack(planes).astype(np.float32)
 
 
 @torch.no_grad()
@@ -29,20 +31,24 @@ def predict_volume(
     batch_size: int = 24,
     resize: str = "bilinear-logits",
     device: torch.device | str = "cpu",
+    channels: int = 1,
 ) -> np.ndarray:
-    """Label volume (D x H x W, uint8) for an image volume (D x H x W, or H x W for 2D)."""
+    """Label volume (D x H x W, uint8) for an image volume (D x H x W, or H x W for 2D; with
+    ``channels`` > 1, D x H x W x C or H x W x C)."""
     if resize not in ("nearest-label", "bilinear-logits"):
         raise ValueError(f"unknown resize mode {resize!r}")
     device = torch.device(device)
-    squeeze = image.ndim == 2
+    squeeze = image.ndim == (2 if channels == 1 else 3)
     vol = image[None] if squeeze else image
-    d, h, w = vol.shape
+    if vol.ndim != (3 if channels == 1 else 4) or (channels > 1 and vol.shape[3] != channels):
+        raise ValueError(f"expected an image of {channels} channel(s), got shape {image.shape}")
+    d, h, w = vol.shape[:3]
     model.eval()
     out = np.zeros((d, h, w), dtype=np.uint8)
     use_amp = device.type == "cuda"
     for start in range(0, d, batch_size):
         chunk = np.stack([_to_input(s, input_size) for s in vol[start : start + batch_size]])
-        x = torch.from_numpy(chunk)[:, None].to(device)
+        x = torch.from_numpy(chunk).to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(x).float()
         if resize == "bilinear-logits":

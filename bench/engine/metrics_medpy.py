@@ -55,8 +55,9 @@ def evaluate_case_medpy(
 
     With ``spacing=None`` this is the official procedure (``calculate_metric_percase`` per
     label). With a spacing, medpy measures distances in mm; the empty-mask rows still follow
-    the official rules. ``all_metrics`` adds medpy's ``hd``, ``asd``, ``assd`` and the NSD
-    at ``nsd_tolerance`` for labels present in both masks (NaN otherwise); it is slow.
+    the official rules. ``all_metrics`` adds medpy's ``hd``, ``asd``, ``assd``, the NSD at
+    ``nsd_tolerance`` and ``hd95_max`` (the larger directed 95th percentile of medpy's surface
+    distances) for labels present in both masks (NaN otherwise); it is slow.
     """
     rows = []
     for label in labels:
@@ -74,8 +75,10 @@ def evaluate_case_medpy(
                 row["asd"] = float(binary.asd(p, g, voxelspacing=spacing))
                 row["assd"] = float(binary.assd(p, g, voxelspacing=spacing))
                 row["nsd"] = float(nsd_medpy(p, g, nsd_tolerance, spacing))
+                row["hd95_max"] = float(max(np.percentile(_medpy_surface_distances(p, g, spacing, 1), 95),
+                                            np.percentile(_medpy_surface_distances(g, p, spacing, 1), 95)))
             else:
-                row.update(hd=np.nan, asd=np.nan, assd=np.nan, nsd=np.nan)
+                row.update(hd=np.nan, asd=np.nan, assd=np.nan, nsd=np.nan, hd95_max=np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -20,7 +20,8 @@ def rescore_run(run_dir: Path, convention: str | None = None, nsd_tolerance_mm: 
         raise BenchError(f"{run_dir}: no manifest.json; not a run folder")
     if m.get("status") != "complete":
         raise BenchError(f"{run_dir}: run is {m.get('status')}, not complete; run `bench run` again first")
-    ev = Evaluation.model_validate(m["protocol"]["evaluation"])
+    # an external run records its evaluation settings itself (no protocol applies to it)
+    ev = Evaluation.model_validate(m.get("evaluation") or m["protocol"]["evaluation"])
     ev = ev.model_copy(update={k: v for k, v in (("convention", convention),
                                                    ("nsd_tolerance_mm", nsd_tolerance_mm)) if v is not None})
     if ev.convention not in ("synapse", "strict"):
@@ -39,7 +40,7 @@ def rescore_run(run_dir: Path, convention: str | None = None, nsd_tolerance_mm: 
     rows = rescore(run_dir, ds, ev)
     run = m["run"]
     for col, value in (("dataset", run["dataset"]), ("protocol", run["protocol"]), ("model", run["model"]),
-                       ("seed", run["seed"]), ("protocol_hash", m["protocol_hash"])):
+                       ("seed", run["seed"]), ("protocol_hash", m.get("protocol_hash") or "")):
         rows.insert(0, col, value)
     old = pd.read_parquet(run_dir / METRICS)
     merged = pd.concat([old[old["convention"] != ev.convention], rows], ignore_index=True)

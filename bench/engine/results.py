@@ -26,6 +26,7 @@ METRICS = "metrics.parquet"
 CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "model.pt"
 TRAIN_LOG = "train_log.csv"
+EXPORT_DIR = "nifti"  # `bench export` default output, removed with the predictions it came from
 LOCK = ".lock"
 
 METRIC_COLUMNS = ["dataset", "protocol", "model", "seed", "case", "label", "organ", "metric", "value", "convention"]
@@ -52,8 +53,10 @@ def parse_run_path(path: Path) -> RunId:
 
 
 def find_runs(results: Path) -> list[Path]:
-    """Every run folder under ``results`` that has a manifest (complete or not)."""
-    return sorted(p.parent for p in Path(results).glob(f"*/*/*/seed*/{MANIFEST}"))
+    """Every run folder under ``results`` that has a manifest (complete or not), external runs
+    (``<dataset>/external/<name>/``, see bench.engine.external) included."""
+    trained = Path(results).glob(f"*/*/*/seed*/{MANIFEST}")
+    return sorted(p.parent for p in [*trained, *Path(results).glob(f"*/external/*/{MANIFEST}")])
 
 
 def read_manifest(run_dir: Path) -> dict | None:

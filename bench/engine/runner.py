@@ -17,12 +17,14 @@ import torch
 from rich.progress import Progress
 
 from bench import env
+from bench.data.preprocessing import describe
 from bench.data.synapse import Dataset
 from bench.engine import numerics
 from bench.engine.evaluation import PRED_DIR, evaluate_model
 from bench.engine.memory import PeakMemory
 from bench.engine.results import (
     CHECKPOINT,
+    EXPORT_DIR,
     FINAL_WEIGHTS,
     MANIFEST,
     METRICS,
@@ -83,7 +85,8 @@ def run_config(spec: RunSpec, protocol: Protocol, ds: Dataset) -> dict:
         "lr": spec.lr, "lr_source": spec.lr_source,
         "protocol": protocol.model_dump(), "protocol_name": protocol.name, "protocol_hash": protocol.hash(),
         "dataset": {"name": ds.name, "root": str(Path(ds.root).resolve()), "fingerprint": ds.fingerprint(),
-                    "num_classes": ds.num_classes, "organs": ds.organs},
+                    "num_classes": ds.num_classes, "organs": ds.organs, "channels": ds.channels,
+                    "preprocessing": describe(ds).to_dict()},
         "convention": protocol.evaluation.convention,
     }
     if protocol.validation.during_run:  # the model trains without these cases
@@ -120,6 +123,7 @@ def _clear(run_dir: Path) -> None:
     for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS, TRAIN_LOG, VALIDATION_LOG):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / PRED_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / EXPORT_DIR, ignore_errors=True)
 
 
 def execute(
@@ -185,10 +189,11 @@ def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, prog
     memory = PeakMemory(device).__enter__()
     try:
         seed_everything(spec.seed)  # identical initial weights for the same seed
-        model = create_model(spec.model, num_classes=ds.num_classes, in_channels=1,
+        model = create_model(spec.model, num_classes=ds.num_classes, in_channels=ds.channels,
                              img_size=protocol.input_size, weights=spec.weights, **spec.knobs)
+        manifest["in_channels"] = ds.channels
         manifest["parameters"] = sum(p.numel() for p in model.parameters())
-        manifest["gflops"] = gflops(model, protocol.input_size)
+        manifest["gflops"] = gflops(model, protocol.input_size, ds.channels)
         manifest["pretrained"] = spec.weights is not None
         train_ds, validate = ds, None
         if protocol.validation.during_run:  # train on the other training cases, score these as it goes

@@ -28,7 +28,7 @@ def check_models(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset) -> None:
             continue
         seen.add(key)
         try:
-            check_model_args(spec.model, num_classes=ds.num_classes, in_channels=1, img_size=proto.input_size,
+            check_model_args(spec.model, num_classes=ds.num_classes, in_channels=ds.channels, img_size=proto.input_size,
                              **spec.knobs)
         except (ValueError, TypeError) as e:
             raise BenchError(f"{spec.label} cannot run under protocol {proto.name} (input_size "

@@ -17,7 +17,7 @@ from bench.report import stats
 from bench.report import tables as T
 from bench.report.console import organ_means
 from bench.report.html import Page, render_page
-from bench.report.load import Loaded, load_runs, mismatch_message, train_logs, validation_logs
+from bench.report.load import EXTERNAL_TAG, Loaded, load_runs, mismatch_message, train_logs, validation_logs
 from bench.report.qualitative import qualitative
 from bench.report.render import csv_text, latex, markdown
 
@@ -44,7 +44,8 @@ def default_out(reports: Path, loaded: Loaded) -> Path:
 
 
 def pick_baseline(arms: list[str], wanted: str | None) -> str | None:
-    """``wanted`` (a model name, or an arm label when mixed), else unet when present, else the first."""
+    """``wanted`` (a model name, or an arm label when mixed), else unet when present, else the first
+    trained model (else the first)."""
     if not arms:
         return None
     name = wanted or DEFAULT_BASELINE
@@ -53,7 +54,7 @@ def pick_baseline(arms: list[str], wanted: str | None) -> str | None:
         return hits[0]
     if wanted:
         raise BenchError(f"--baseline {wanted}: no model of that name has results; models: {', '.join(arms)}")
-    return arms[0]
+    return next((a for a in arms if EXTERNAL_TAG not in a), arms[0])
 
 
 def _clean(folder: Path, patterns: tuple[str, ...]) -> None:

@@ -4,6 +4,10 @@ Nothing here trains or scores: the report is built from run folders alone. Runs 
 are not comparable (another dataset, protocol hash or metric convention) form separate
 *cohorts*; more than one cohort stops the report unless ``allow_mixed``, and then every model
 is labelled with its cohort (``unet [smoke 8de840]``) so that nothing is pooled silently.
+
+External runs (another tool's predictions scored by ``bench evaluate --pred``) have no protocol:
+they join the cohort of the trained runs on the same dataset, split and convention, and are
+labelled ``<name> (external)`` wherever they appear.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from bench.errors import BenchError
 # What must agree for two runs to be compared; the display name of each field.
 COHORT_FIELDS = {"dataset": "dataset", "fingerprint": "split", "protocol": "protocol",
                  "protocol_hash": "hash", "convention": "convention", "precision": "precision"}
-RUN_COLUMNS = ["path", "arm", "model", "seed", "status", "error", *COHORT_FIELDS, "pretrained", "weights",
+EXTERNAL_TAG = " (external)"
+RUN_COLUMNS = ["path", "arm", "model", "seed", "status", "error", *COHORT_FIELDS, "external", "pretrained", "weights",
                "parameters", "gflops", "train_images_per_second", "train_seconds", "wall_seconds",
                "iterations", "lr", "lr_source", "peak_host_memory_mb", "peak_cuda_memory_mb"]
 
@@ -61,14 +66,28 @@ def _row(path: Path, m: dict | None) -> dict:
         "path": str(path), "model": run.get("model", m.get("model")), "seed": int(run.get("seed", m.get("seed", -1))),
         "status": m.get("status", "unknown"), "error": m.get("error"),
         "dataset": ds.get("name", run.get("dataset")), "fingerprint": ds.get("fingerprint"),
-        "protocol": m.get("protocol_name", run.get("protocol")), "protocol_hash": m.get("protocol_hash"),
-        "convention": m.get("convention"), "precision": precision_of(m),
+        "protocol": m.get("protocol_name") or run.get("protocol"), "protocol_hash": m.get("protocol_hash"),
+        "convention": m.get("convention"), "precision": precision_of(m), "external": m.get("kind") == "external",
         "pretrained": m.get("pretrained", m.get("weights") is not None), "weights": m.get("weights"),
         **{k: m.get(k) for k in ("parameters", "gflops", "train_images_per_second", "train_seconds",
                                  "wall_seconds", "iterations", "lr", "lr_source", "peak_host_memory_mb",
                                  "peak_cuda_memory_mb")},
     }
 
+
+def _join_trained(df: pd.DataFrame) -> pd.DataFrame:
+    """External runs take the protocol (name, hash, precision) of the trained runs scored on the same dataset,
+    split and convention, when those agree on one; otherwise they form their own cohort."""
+    df = df.copy()
+    ext = df["external"].fillna(False).astype(bool)
+    for i in df.index[ext]:
+        same = df[~ext & (df["dataset"] == df.at[i, "dataset"]) & (df["fingerprint"] == df.at[i, "fingerprint"])
+                  & (df["convention"] == df.at[i, "convention"]) & (df["status"] != "unreadable")]
+        protocols = set(zip(same["protocol"].astype(str), same["protocol_hash"].astype(str),
+                            same["precision"].astype(str), strict=True))
+        if len(protocols) == 1:
+            df.loc[i, ["protocol", "protocol_hash", "precision"]] = list(protocols.pop())
+    return df
 
 
 def _cohort_key(row: pd.Series) -> tuple:
@@ -78,13 +97,17 @@ def _cohort_key(row: pd.Series) -> tuple:
 def _arm_labels(runs: pd.DataFrame) -> pd.Series:
     """The model name, followed by the cohort fields that differ between cohorts (when mixed)."""
     varying = [f for f in COHORT_FIELDS if runs[f].astype(str).nunique() > 1]
+
+    def name(row: pd.Series) -> str:
+        return str(row["model"]) + (EXTERNAL_TAG if bool(row.get("external")) else "")
+
     if not varying:
-        return runs["model"].astype(str)
+        return runs.apply(name, axis=1)
 
     def label(row: pd.Series) -> str:
         parts = [f"{COHORT_FIELDS[f]} {str(row[f])[:6]}" if f in ("protocol_hash", "fingerprint") else str(row[f])
                  for f in varying]
-        return f"{row['model']} [{' '.join(parts)}]"
+        return f"{name(row)} [{' '.join(parts)}]"
 
     return runs.apply(label, axis=1)
 
@@ -132,14 +155,16 @@ def load_runs(
         raise BenchError(f"no runs found under {results} (expected <dataset>/<protocol>/<model>/seed<k>/manifest.json)")
     manifests = {str(p): read_manifest(p) for p in paths}
     df = pd.DataFrame([_row(p, manifests[str(p)]) for p in paths]).reindex(columns=RUN_COLUMNS)
+    df["external"] = df["external"].fillna(False).astype(bool)
     for name, value in (("dataset", dataset), ("protocol", protocol)):
         if value is not None:
             if value not in set(df[name]):
                 raise BenchError(f"--{name} {value}: no runs; found {', '.join(sorted(map(str, set(df[name]))))}")
-            df = df[df[name] == value]
+            df = df[(df[name] == value) | (df["external"] & (name == "protocol"))]  # external: no protocol
 
     if convention is not None:  # failed runs have no numbers: they sit with the chosen convention
         df["convention"] = convention
+    df = _join_trained(df)
     df = df.sort_values(["model", "seed"], kind="stable").reset_index(drop=True)
 
     frames: dict[int, pd.DataFrame] = {}
@@ -165,7 +190,7 @@ def load_runs(
     mixed = len(cohorts) > 1
     if mixed and not allow_mixed:
         raise BenchError(mismatch_message(cohorts))
-    df["arm"] = df["model"].astype(str)
+    df["arm"] = df["model"].astype(str) + df["external"].map({True: EXTERNAL_TAG, False: ""})
     if len(known):
         df.loc[known.index, "arm"] = _arm_labels(known)
     metrics = (pd.concat([rows.assign(model=df.loc[i, "arm"]) for i, rows in frames.items()], ignore_index=True)

@@ -68,6 +68,9 @@ def _seeds_text(seeds: dict[str, list[int]]) -> str:
 def pretrained_by_arm(loaded: Loaded) -> dict[str, str]:
     out = {}
     for arm, g in loaded.runs.groupby("arm", sort=True):
+        if "external" in g and g["external"].astype(bool).all():
+            out[arm] = "external"  # trained elsewhere: its weights are not known here
+            continue
         flags = {bool(v) for v in g["pretrained"] if v is not None and v == v}
         out[arm] = "mixed" if len(flags) > 1 else ("yes" if flags == {True} else "no")
     return out
@@ -81,11 +84,31 @@ def fairness_note(loaded: Loaded) -> str:
                      f"(hash {c['protocol_hash']}, {c['precision']}), convention {c['convention']}")
     if loaded.mixed:
         parts = ["MIXED, not comparable: " + " | ".join(parts)]
-    seeds = {a: sorted(g["seed"].tolist()) for a, g in loaded.complete.groupby("arm", sort=True)}
+    trained = loaded.complete[~loaded.complete["external"].astype(bool)] if "external" in loaded.complete \
+        else loaded.complete
+    seeds = {a: sorted(g["seed"].tolist()) for a, g in trained.groupby("arm", sort=True)}
     if seeds:
         parts.append(_seeds_text(seeds))
-    parts.append("pretrained: " + ", ".join(f"{a} {v}" for a, v in pretrained_by_arm(loaded).items()))
+    external = external_sources(loaded)
+    if external:
+        parts.append("external runs (another tool's predictions, scored here under the same convention; "
+                     "no protocol, training split or seeds apply): "
+                     + ", ".join(f"{a} from {src}" for a, src in external.items()))
+    pre = {a: v for a, v in pretrained_by_arm(loaded).items() if a not in external}
+    if pre:
+        parts.append("pretrained: " + ", ".join(f"{a} {v}" for a, v in pre.items()))
     return "; ".join(parts)
+
+
+def external_sources(loaded: Loaded) -> dict[str, str]:
+    """External arm -> the folder its predictions came from."""
+    out = {}
+    if "external" not in loaded.runs:
+        return out
+    for r in loaded.runs[loaded.runs["external"].astype(bool)].itertuples():
+        m = loaded.manifests.get(r.path) or {}
+        out[r.arm] = str((m.get("source") or {}).get("predictions", "?"))
+    return out
 
 
 def _context_columns(loaded: Loaded, df: pd.DataFrame) -> pd.DataFrame:

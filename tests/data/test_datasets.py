@@ -213,10 +213,13 @@ def test_grayscale_rgb_tiff_multiclass_and_class_names(tmp_path):
             Image.fromarray((rng.random((40, 50)) * 4000).astype(np.uint16)).save(root / "images" / f"s{i}.tif")
         Image.fromarray(mask).save(root / "masks" / f"s{i}_mask.png")
     (root / "classes.txt").write_text("background\nkidney\ntumour\n")
-    ds = resolve_dataset(str(root), **quiet)
+    said: list[str] = []
+    ds = resolve_dataset(str(root), say=said.append)
     assert ds.organs == {1: "kidney", 2: "tumour"} and ds.num_classes == 3
+    # two colour JPEGs and two 16-bit gray TIFFs: a tie converts all to colour, said once
+    assert ds.channels == 3 and sum("2 colour and 2 gray images" in s for s in said) == 1
     image, label, _ = load_volume(ds, ds.test_cases[0])
-    assert image.shape == (1, 40, 50) and set(np.unique(label)) == {0, 1, 2}
+    assert image.shape == (1, 40, 50, 3) and set(np.unique(label)) == {0, 1, 2}
     (root / "classes.txt").unlink()
     assert resolve_dataset(str(root), **quiet).organs == {1: "class_1", 2: "class_2"}
 

@@ -7,6 +7,7 @@ built on medpy's own surface distances, since medpy has no NSD.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -99,6 +100,50 @@ def test_real_masks_edited(real_pair, convention):
     ours = assert_matches_medpy(pred, ref, LABELS, spacing, convention)
     status = dict(zip(ours["label"], ours["status"], strict=False))
     assert status[2] == REF_ONLY and status[6] == PRED_ONLY
+
+
+def _monai(pred, ref, labels, spacing, tolerance):
+    """MONAI per label (one-hot, background dropped): compute_hausdorff_distance(percentile=95) and
+    compute_surface_dice(use_subvoxels=False)."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    def onehot(v):
+        return torch.from_numpy(np.stack([v == 0, *[v == k for k in labels]])[None])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI's deprecation notes
+        hd95 = compute_hausdorff_distance(onehot(pred), onehot(ref), percentile=95, spacing=spacing)[0].numpy()
+        nsd = compute_surface_dice(onehot(pred), onehot(ref), [tolerance] * len(labels), spacing=spacing,
+                                   use_subvoxels=False)[0].numpy()
+    return hd95, nsd
+
+
+@needs_totalseg
+@pytest.mark.parametrize("convention, spacing", [("synapse", None), ("strict", None), ("strict", (2.5, 0.7, 0.9))])
+def test_hd95_max_and_nsd_equal_monai(real_pair, convention, spacing):
+    """hd95_max is MONAI's HD95 (the larger directed 95th percentile) and nsd MONAI's surface Dice
+    counting surface voxels (use_subvoxels=False), in voxels under "synapse" and in mm under
+    "strict". MONAI computes distances and the quantile position in float32, so the values agree
+    to float32 rounding (1e-5 relative), not bit for bit."""
+    ref, pred, real_spacing = real_pair
+    spacing = spacing or real_spacing
+    pred, ref = pred.copy(), ref.copy()
+    kidney = pred == 3
+    pred[kidney] = 0
+    pred[np.roll(kidney, (1, -2, 3), axis=(0, 1, 2))] = 3  # a shifted organ: distances of many sizes
+    ours = evaluate_case(pred, ref, LABELS, spacing=spacing, convention=convention, nsd_tolerance_mm=2.0)
+    hd95, nsd = _monai(pred, ref, LABELS, spacing if convention == "strict" else None, 2.0)
+    assert (ours["status"] == BOTH_PRESENT).all()
+    np.testing.assert_allclose(ours["hd95_max"], hd95, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(ours["nsd"], nsd, rtol=1e-5, atol=0)
+    assert (ours["nsd"] < 1).any()
+    # the two HD95 definitions differ on real masks (pancreas: 4.24 vs 5.20 mm at 3 mm)
+    assert (ours["hd95_max"] >= ours["hd95"] - TOL).all() and (ours["hd95_max"] > ours["hd95"] + 0.1).any()
+    if convention == "strict" and spacing == real_spacing:
+        pancreas = ours.set_index("label").loc[6]  # pancreas
+        assert pancreas["hd95"] == pytest.approx(4.2426, abs=1e-4)
+        assert pancreas["hd95_max"] == pytest.approx(5.1962, abs=1e-4)
 
 
 # --- hand-checked values -------------------------------------------------------------------

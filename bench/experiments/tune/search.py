@@ -173,7 +173,7 @@ def _objective(s: Search, study: optuna.Study, progress, say):
             record["params"] = dict(trial.params)
             tracker.params |= {f"trial.{k}": v for k, v in trial.params.items()}
             seed_everything(seed)
-            model = create_model(s.model, num_classes=s.view.num_classes, in_channels=1,
+            model = create_model(s.model, num_classes=s.view.num_classes, in_channels=s.view.channels,
                                  img_size=protocol.input_size)
             scorer = _Scorer(trial, model, s, protocol, tracker)
             label = f"{s.model} trial {trial.number} (lr {lr:.2e})"
