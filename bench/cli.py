@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from bench.cli_executor import executor_options
 from bench.errors import BenchError
-from bench.experiments.options import RunOptions
+from bench.experiments.options import ExecutorOptions, RunOptions
 from bench.paths import cache_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -49,6 +50,7 @@ def _parse_weights(items: list[str]) -> dict[str, str]:
 
 
 @app.command()
+@executor_options()
 def run(
     models: str = typer.Option(..., help="Comma-separated model names (see `bench models`)."),
     dataset: str = typer.Option("synthetic", help="'synthetic', 'synapse' (with --data-root), a folder in the "
@@ -73,18 +75,20 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
+    executor: ExecutorOptions = None,
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.experiments.sweep import sweep
 
     opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, fold=fold, seeds=_seeds(seeds),
                       results=results, reports=reports, iterations=iterations, checkpoint_every=checkpoint_every,
-                      device=device, force=force, keep_weights=keep_weights, console=console)
+                      device=device, force=force, keep_weights=keep_weights, console=console, executor=executor)
     raise typer.Exit(sweep(_csv(models), opts, lr=lr, weights=_parse_weights(weights), storage=storage,
                            studies=_csv(study)))
 
 
 @app.command()
+@executor_options(workers=True)
 def tune(
     model: str | None = typer.Option(None, help="The model whose learning rate to search."),
     models: str | None = typer.Option(None, help="Comma-separated models: one study each, with the same "
@@ -105,14 +109,15 @@ def tune(
     search: str = typer.Option("lr", help="Parameters to search: lr, plus optionally weight_decay and batch_size."),
     iterations: int | None = typer.Option(None, help="Override the protocol's iteration budget."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    executor: ExecutorOptions = None,
 ) -> None:
     """Search each model's base learning rate with Optuna, scored on held-out training cases."""
-    from bench.experiments.tune.search import tune as run_tune
+    from bench.experiments.tune.launch import launch as run_tune
 
     if model and models:
         raise BenchError("give either --model or --models, not both")
     opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, fold=fold, results=results,
-                      iterations=iterations, device=device, console=console)
+                      iterations=iterations, device=device, console=console, executor=executor)
     raise typer.Exit(run_tune(_csv(model or models), opts, n_trials=trials, timeout=timeout, search_space=search,
                               lr_min=lr_min, lr_max=lr_max, storage=storage, studies=_csv(study)))
 
@@ -197,6 +202,15 @@ def report(
     console.print(f"report written to {rep.html} ({len(rep.files)} files in {rep.out})")
 
 
+@app.command()
+def status(results: Path = typer.Option(Path("results"), help="Results folder to read.")) -> None:
+    """Every run under a results folder with its state (pending, running, complete, failed, diverged,
+    interrupted) and, for runs handed to Slurm or Ray, the job; asks squeue / sacct when they exist."""
+    from bench.experiments.status import collect, render
+
+    console.print(render(collect(results), results))
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path | None = typer.Option(None, help="Output folder (default: the cache folder `bench run` uses)."),
@@ -273,6 +287,7 @@ def data_split(
 
 
 @app.command()
+@executor_options()
 def ablate(
     spec: Path = typer.Argument(..., help="An ablation spec, e.g. ablations/swinunet-skips.yaml."),
     protocol: str | None = typer.Option(None, help="Protocol (default: the spec's, else cpu)."),
@@ -284,17 +299,19 @@ def ablate(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
+    executor: ExecutorOptions = None,
 ) -> None:
     """Run every value of one knob through `bench run` machinery; table with the published rows."""
     from bench.experiments.ablation import ablate as run_ablate
 
     opts = RunOptions(protocol=protocol, dataset=dataset, seeds=_seeds(seeds), results=results,
                       reports=out or Path("reports"), iterations=iterations, device=device, force=force,
-                      keep_weights=keep_weights, console=console)
+                      keep_weights=keep_weights, console=console, executor=executor)
     raise typer.Exit(run_ablate(spec, opts))
 
 
 @app.command()
+@executor_options()
 def paper(
     name: str = typer.Argument(..., help="swin-unet-synapse, swin-unet-skips or swin-unet-acdc."),
     protocol: str | None = typer.Option(None, help="Protocol (default: cpu)."),
@@ -308,13 +325,14 @@ def paper(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, help="Redo runs that already completed."),
     keep_weights: bool = KEEP_WEIGHTS,
+    executor: ExecutorOptions = None,
 ) -> None:
     """Regenerate a published table with our rows (from runs, trained if missing) beside it."""
     from bench.experiments.paper import paper_table
 
     opts = RunOptions(protocol=protocol, dataset=dataset, data_root=data_root, seeds=_seeds(seeds), results=results,
                       reports=out or Path("reports"), iterations=iterations, device=device, force=force,
-                      keep_weights=keep_weights, console=console)
+                      keep_weights=keep_weights, console=console, executor=executor)
     raise typer.Exit(paper_table(name, opts, _csv(models)))
 
 

@@ -101,6 +101,12 @@ def check_conflict(run_dir: Path, key: str) -> str | None:
     return None
 
 
+def reset_run(run_dir: Path) -> None:
+    """Delete a run's results (``--force`` on an executor that runs it elsewhere, before submitting)."""
+    with run_lock(run_dir):
+        _clear(run_dir)
+
+
 def _clear(run_dir: Path) -> None:
     for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS, TRAIN_LOG):
         (run_dir / name).unlink(missing_ok=True)
@@ -110,11 +116,13 @@ def _clear(run_dir: Path) -> None:
 def execute(
     spec: RunSpec, protocol: Protocol, ds: Dataset, results: Path, device: torch.device,
     force: bool = False, progress: Progress | None = None, say=print, wait: bool = False,
-    keep_weights: bool = True,
+    keep_weights: bool = True, where: dict | None = None,
 ) -> Outcome:
     """Train and evaluate one run inside its lock; never raises except on interruption.
 
     A completed run keeps its trained weights in ``model.pt`` unless ``keep_weights`` is off.
+    ``where`` names the executor and the place the run executes (Slurm job, Ray task), for
+    the manifest; every executor calls this same function with the same spec.
 
     Without ``wait`` a run locked by another process comes back as ``locked`` (the sweep
     returns to it later with ``wait=True`` and then reuses what the other process made).
@@ -124,7 +132,7 @@ def execute(
     config = run_config(spec, protocol, ds)
     key = config_key(config)
     try:
-        lock = run_lock(run_dir, wait=wait)
+        lock = run_lock(run_dir, wait=wait, say=say)
         lock.__enter__()
     except RunLocked as e:
         return Outcome(run, run_dir, "locked", str(e))
@@ -134,7 +142,8 @@ def execute(
             return Outcome(run, run_dir, "skipped", "already complete")
         if force or (old and old.get("key") != key):
             _clear(run_dir)  # other settings: a checkpoint from them must not be resumed
-        out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, old or {})
+        out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, old or {},
+                               where or {"name": "local"})
         if out.status == "complete" and not keep_weights:
             (run_dir / FINAL_WEIGHTS).unlink(missing_ok=True)
         return out
@@ -142,9 +151,10 @@ def execute(
         lock.__exit__(None, None, None)
 
 
-def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, before: dict) -> Outcome:
+def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, before: dict,
+                     where: dict) -> Outcome:
     manifest = {
-        "status": "running", "key": key, "run": run.__dict__, **config,
+        "status": "running", "key": key, "run": run.__dict__, **config, "executor": where,
         "protocol_hash": protocol.hash(), "git": env.git_revision(), "packages": env.package_versions(),
         **env.device_info(device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -19,7 +19,7 @@ from bench.engine.runner import Outcome, RunSpec
 from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments import references
-from bench.experiments.execute import execute_jobs, say_failures
+from bench.experiments.execute import Submitted, execute_jobs, say_failures
 from bench.experiments.options import RunOptions
 from bench.protocol import Protocol, load_protocol, load_yaml_model
 from models import is_model, list_models
@@ -123,7 +123,10 @@ def run_ablation(spec: AblationSpec, name: str, opts: RunOptions) -> int:
     rows = expand(spec, opts.protocol, opts.iterations)
     seeds = opts.seeds or spec.seeds or list(rows[0].protocol.seeds)
     ds = open_dataset(opts.dataset or spec.dataset, opts)
-    per_row, failed = run_rows(rows, seeds, ds, opts)
+    try:
+        per_row, failed = run_rows(rows, seeds, ds, opts)
+    except Submitted:
+        return 0
     reference = references.load_reference(spec.mirrors) if spec.mirrors else \
         {"rows": [], "source": "none", "dataset": "-"}
     ours = {r: references.row_values(m) for r, m in per_row.items()}

@@ -1,17 +1,39 @@
-"""Running a list of jobs with a command's options: the one place where jobs leave an experiment."""
+"""Running a list of jobs with a command's options: the one place where jobs leave an experiment.
+
+``opts.executor`` decides where: in this process (``local``), as a Slurm array
+(``bench.experiments.executors.slurm``) or as Ray tasks (``...executors.ray``). The runs are the
+same everywhere: each goes through ``bench.engine.runner.execute`` with the same spec.
+"""
 from __future__ import annotations
 
 import torch
 
 from bench.data.synapse import Dataset
 from bench.engine.runner import Outcome, RunSpec, run_jobs
+from bench.experiments.executors import resources
+from bench.experiments.executors.common import Submitted
 from bench.experiments.options import RunOptions
 from bench.protocol import Protocol
+
+__all__ = ["Submitted", "execute_jobs", "say_failures"]
 
 
 def execute_jobs(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, device: torch.device,
                  opts: RunOptions) -> list[Outcome]:
-    """Every job's outcome, in order: trained, reused, or recorded as failed."""
+    """Every job's outcome, in order: trained, reused, or recorded as failed.
+
+    Raises ``Submitted`` when the jobs went to Slurm without ``--wait`` (the command's work is
+    then done: it prints where they went and returns).
+    """
+    resources.check(opts.executor)
+    if opts.executor.name == "slurm":
+        from bench.experiments.executors.slurm import execute_slurm
+
+        return execute_slurm(jobs, ds, opts)
+    if opts.executor.name == "ray":
+        from bench.experiments.executors.ray import execute_ray
+
+        return execute_ray(jobs, ds, opts)
     return run_jobs(jobs, ds, opts.results, device, force=opts.force, progress=opts.progress,
                     keep_weights=opts.keep_weights)
 

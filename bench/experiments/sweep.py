@@ -12,7 +12,7 @@ from bench.engine.runner import RunSpec, check_conflict, config_key, run_config
 from bench.engine.train import Interrupted
 from bench.env import pick_device
 from bench.errors import BenchError
-from bench.experiments.execute import execute_jobs, say_failures
+from bench.experiments.execute import Submitted, execute_jobs, say_failures
 from bench.experiments.options import RunOptions
 from bench.protocol import load_protocol
 from bench.report.console import render_rich, summary_table, write_summary
@@ -88,14 +88,17 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
             if msg:
                 raise BenchError(msg)
 
+    where = dev if opts.executor.name == "local" else f"{opts.device} on the {opts.executor.name} nodes"
     console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/] "
                   f"({len(ds.train_slices)} training slices, {len(ds.test_cases)} test cases), "
-                  f"device {dev}, lr {_describe_lrs(lrs)}, seeds {seed_list}")
+                  f"device {where}, lr {_describe_lrs(lrs)}, seeds {seed_list}")
     try:
         outcomes = execute_jobs([(spec, proto) for spec in specs], ds, dev, opts)
     except Interrupted as e:
         console.print(f"[yellow]interrupted[/]: {e}; run the same command again to resume")
         return 130
+    except Submitted:
+        return 0
 
     done = [o.path for o in outcomes if o.ok]
     if done:
