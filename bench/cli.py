@@ -208,6 +208,8 @@ def status(results: Path = typer.Option(Path("results"), help="Results folder to
     interrupted) and, for runs handed to Slurm or Ray, the job; asks squeue / sacct when they exist."""
     from bench.experiments.status import collect, render
 
+    if not results.is_dir():
+        raise BenchError(f"results folder not found: {results}")
     console.print(render(collect(results), results))
 
 

@@ -65,6 +65,15 @@ def slurm():
     _need(_slurm_reason(), "SEGBENCH_REQUIRE_SLURM")
 
 
+@pytest.fixture
+def jobs():
+    """Slurm jobs a test submitted: cancelled at teardown, so a failed test leaves none behind."""
+    ids: list[str] = []
+    yield ids
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def ray():
     _need(None if importlib.util.find_spec("ray") else "Ray is not installed (pip install 'segbench[ray]')",
@@ -101,12 +110,13 @@ def _same_metrics(local: Path, other: Path, protocol: str = "smoke", runs=RUNS) 
         pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
-def test_a_slurm_sweep_submits_returns_and_waits_with_the_metrics_of_a_local_run(local_sweep, slurm, tiny_dataset,
-                                                                                 tmp_path):
+def test_a_slurm_sweep_submits_returns_and_waits_with_the_metrics_of_a_local_run(local_sweep, slurm, jobs,
+                                                                                 tiny_dataset, tmp_path):
     args = [*SWEEP, "--dataset", str(tiny_dataset), *_where(tmp_path), "--executor", "slurm", "--max-parallel", "2"]
     res = bench_cli(*args)
     assert res.returncode == 0, res.stdout + res.stderr
     job = re.search(r"submitted 4 runs as Slurm job (\d+) \(per run: 0 GPUs, 1 CPU", res.stdout).group(1)
+    jobs.append(job)
     assert "follow them with `bench status" in res.stdout and "DSC %" not in res.stdout
     results = tmp_path / "results"
     status = bench_cli("status", "--results", str(results))
@@ -182,7 +192,7 @@ def _losses(run_dir: Path) -> list[str]:
 
 
 @pytest.mark.faults
-def test_a_preempted_then_requeued_slurm_run_ends_as_an_uninterrupted_one(slurm, tiny_dataset, tmp_path):
+def test_a_preempted_then_requeued_slurm_run_ends_as_an_uninterrupted_one(slurm, jobs, tiny_dataset, tmp_path):
     data = ["--dataset", str(tiny_dataset)]
     env = subprocess_env()
     reference = subprocess.Popen([sys.executable, "-m", "bench", *PREEMPT, *data, *_where(tmp_path / "ref")], env=env,
@@ -195,6 +205,7 @@ def test_a_preempted_then_requeued_slurm_run_ends_as_an_uninterrupted_one(slurm,
         marker = _until("the submission", lambda: (run_dir / "job.json").exists() and
                         json.loads((run_dir / "job.json").read_text()), proc=proc)
         job, log = marker["job_id"], Path(marker["log"])
+        jobs.append(job)
         _until("the first checkpoint", lambda: _checkpointed(run_dir) >= 10, proc=proc)
         subprocess.run(["scancel", "--signal=USR1", job], check=True)  # the warning before a preemption
         _release_when_requeued(job, proc)
@@ -225,7 +236,7 @@ def test_a_preempted_then_requeued_slurm_run_ends_as_an_uninterrupted_one(slurm,
     assert "DSC %" in out
 
 
-def test_tune_workers_on_slurm_share_one_journal_study(slurm, tiny_dataset, tmp_path):
+def test_tune_workers_on_slurm_share_one_journal_study(slurm, jobs, tiny_dataset, tmp_path):
     storage = f"journal:{tmp_path / 'tune.log'}"
     res = bench_cli("tune", "--model", "swinunet-nano", "--trials", "2", "--protocol", "smoke", "--dataset",
                     str(tiny_dataset), "--results", str(tmp_path / "results"), "--storage", storage, "--study", "S",

@@ -3,8 +3,10 @@
 (the queue is faked here; tests/e2e/test_executors.py asks a real Slurm)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing as mp
+import os
 import re
 from pathlib import Path
 
@@ -175,3 +177,38 @@ def test_a_complete_run_is_never_handed_to_a_worker_and_force_resets_before_subm
         finally:
             release.set()
             p.join()
+
+
+def test_a_ray_task_whose_worker_dies_is_retried_then_recorded_as_a_failed_run(tmp_path, tiny_dataset, monkeypatch):
+    if importlib.util.find_spec("ray") is None:
+        if os.environ.get("SEGBENCH_REQUIRE_RAY"):
+            pytest.fail("Ray is not installed (SEGBENCH_REQUIRE_RAY is set)")
+        pytest.skip("Ray is not installed (pip install 'segbench[ray]')")
+    from rich.console import Console
+
+    from bench.data.resolve import resolve_dataset
+    from bench.engine.runner import RunSpec
+    from bench.experiments.executors import ray as ray_mod
+    from bench.experiments.options import RunOptions
+
+    attempts = tmp_path / "attempts"
+
+    def dies(job):  # a worker killed mid-run (out of memory, a lost node), every time
+        import json
+        import os
+
+        with open(attempts, "a") as f:
+            f.write("x\n")
+        job.path.mkdir(parents=True, exist_ok=True)
+        (job.path / "manifest.json").write_text(json.dumps({"status": "running", "key": job.key}))
+        os._exit(3)
+
+    monkeypatch.setattr(ray_mod, "ray_run", dies)
+    ds = resolve_dataset(str(tiny_dataset), say=lambda *_: None)
+    opts = RunOptions(protocol="smoke", results=tmp_path / "results", console=Console(quiet=True),
+                      executor=ExecutorOptions(name="ray", cpus_per_run=1))
+    [out] = ray_mod.execute_ray([(RunSpec("unet", 0, 0.01, "flag --lr"), load_protocol("smoke"))], ds, opts)
+    assert out.status == "failed" and "Ray task failed" in out.message
+    assert attempts.read_text().count("x") == 1 + ray_mod.RETRIES
+    manifest = json.loads((out.path / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == out.message

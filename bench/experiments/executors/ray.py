@@ -99,8 +99,8 @@ def execute_ray(jobs: list[tuple[RunSpec, Protocol]], ds, opts: RunOptions) -> l
                     try:
                         planned[i] = ray.get(ref)
                     except Exception as e:  # the worker died RETRIES + 1 times, or the task raised
-                        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                        planned[i] = mark_failed(todo[i], f"Ray task failed after {RETRIES} retries: {why}")
+                        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                        planned[i] = mark_failed(todo[i], f"Ray task failed ({type(e).__name__}): {why}")
                     out = planned[i]
                     opts.say(f"{todo[i].name}: {out.status}{f' ({out.message})' if out.message else ''} -> {out.path}")
         except KeyboardInterrupt:

@@ -74,7 +74,7 @@ def _default_minutes(partition: str | None) -> int:
 
 
 def _time_text(minutes: int) -> str:
-    return "none" if minutes == 0 else f"{minutes // 60}:{minutes % 60:02d}:00"
+    return "unlimited" if minutes == 0 else f"{minutes // 60}:{minutes % 60:02d}:00"
 
 
 def submit(fn, items: list, opts: RunOptions, protocol: Protocol, name: str) -> tuple[list[tuple[str, Path]], str]:
@@ -139,7 +139,10 @@ def execute_slurm(jobs: list[tuple[RunSpec, Protocol]], ds, opts: RunOptions) ->
         opts.say(f"follow them with `bench status --results {opts.results}`; run the same command again "
                  "(or with --wait) for the table once they are done")
         raise Submitted()
-    states = wait({tracked[i][0]: todo[i].name for i in tracked}, opts.say)
+    try:
+        states = wait({tracked[i][0]: todo[i].name for i in tracked}, opts.say)
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped waiting; the Slurm jobs go on (bench status --results {opts.results})") from None
     out = []
     for i, p in enumerate(planned):
         if isinstance(p, Outcome):
