@@ -1,6 +1,6 @@
 """Executors without a cluster: resources and their defaults, options that don't fit an executor
 (one line, exit 2), what is left to run, and ``bench status`` reading run folders and the queue
-(the queue is faked here; tests/e2e/test_executors.py asks a real Slurm)."""
+(the queue is faked here; tests/e2e/test_cluster.py asks a real Slurm)."""
 from __future__ import annotations
 
 import importlib.util
