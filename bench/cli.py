@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from bench.cli_executor import executor_options
 from bench.errors import BenchError
-from bench.experiments.options import RunOptions
+from bench.experiments.options import ExecutorOptions, RunOptions
 from bench.paths import cache_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -60,6 +61,7 @@ def _parse_weights(items: list[str]) -> dict[str, str]:
 
 
 @app.command()
+@executor_options()
 def run(
     models: str = typer.Option(..., help="Comma-separated model names (see `bench models`)."),
     dataset: str = typer.Option("synthetic", help="'synthetic', 'synapse' (with --data-root), a folder in the "
@@ -88,6 +90,7 @@ def run(
     track: str | None = TRACK,
     report: bool = typer.Option(True, "--report/--no-report", help="Write the full report (HTML, plots, "
                                 "statistics) after the runs; the summary table is printed either way."),
+    executor: ExecutorOptions = None,
 ) -> None:
     """Train and evaluate every model under one protocol, then print the per-organ table."""
     from bench.experiments.sweep import sweep
@@ -95,12 +98,13 @@ def run(
     opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, data_root=data_root, fold=fold,
                       seeds=_seeds(seeds), results=results, reports=reports, iterations=iterations,
                       checkpoint_every=checkpoint_every, device=device, force=force, keep_weights=keep_weights,
-                      track=_csv(track), report=report, console=console)
+                      track=_csv(track), report=report, console=console, executor=executor)
     raise typer.Exit(sweep(_csv(models), opts, lr=lr, weights=_parse_weights(weights), storage=storage,
                            studies=_csv(study)))
 
 
 @app.command()
+@executor_options(workers=True)
 def tune(
     model: str | None = typer.Option(None, help="The model whose learning rate to search."),
     models: str | None = typer.Option(None, help="Comma-separated models: one study each, with the same "
@@ -123,14 +127,16 @@ def tune(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     sets: list[str] = SETS,
     track: str | None = TRACK,
+    executor: ExecutorOptions = None,
 ) -> None:
     """Search each model's base learning rate with Optuna, scored on held-out training cases."""
-    from bench.experiments.tune.search import tune as run_tune
+    from bench.experiments.tune.launch import launch as run_tune
 
     if model and models:
         raise BenchError("give either --model or --models, not both")
     opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, data_root=data_root, fold=fold, results=results,
-                      iterations=iterations, device=device, track=_csv(track), console=console)
+                      iterations=iterations, device=device, track=_csv(track), console=console,
+                      executor=executor)
     raise typer.Exit(run_tune(_csv(model or models), opts, n_trials=trials, timeout=timeout, search_space=search,
                               lr_min=lr_min, lr_max=lr_max, storage=storage, studies=_csv(study)))
 
@@ -351,6 +357,17 @@ def report(
     console.print(f"report written to {rep.html} ({len(rep.files)} files in {rep.out})")
 
 
+@app.command()
+def status(results: Path = typer.Option(Path("results"), help="Results folder to read.")) -> None:
+    """Every run under a results folder with its state (pending, running, complete, failed, diverged,
+    interrupted) and, for runs handed to Slurm or Ray, the job; asks squeue / sacct when they exist."""
+    from bench.experiments.status import collect, render
+
+    if not results.is_dir():
+        raise BenchError(f"results folder not found: {results}")
+    console.print(render(collect(results), results))
+
+
 @data_app.command("synth")
 def data_synth(
     out: Path | None = typer.Option(None, help="Output folder (default: the cache folder `bench run` uses)."),
@@ -427,6 +444,7 @@ def data_split(
 
 
 @app.command()
+@executor_options()
 def ablate(
     spec: Path = typer.Argument(..., help="An ablation spec, e.g. ablations/swinunet-skips.yaml."),
     protocol: str | None = typer.Option(None, help="Protocol (default: the spec's, else cpu)."),
@@ -440,17 +458,20 @@ def ablate(
     keep_weights: bool = KEEP_WEIGHTS,
     sets: list[str] = SETS,
     track: str | None = TRACK,
+    executor: ExecutorOptions = None,
 ) -> None:
     """Run every value of one knob through `bench run` machinery; table with the published rows."""
     from bench.experiments.ablation import ablate as run_ablate
 
     opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, seeds=_seeds(seeds), results=results,
                       reports=out or Path("reports"), iterations=iterations, device=device, force=force,
-                      keep_weights=keep_weights, track=_csv(track), console=console)
+                      keep_weights=keep_weights, track=_csv(track), console=console,
+                      executor=executor)
     raise typer.Exit(run_ablate(spec, opts))
 
 
 @app.command()
+@executor_options()
 def paper(
     name: str = typer.Argument(..., help="swin-unet-synapse, swin-unet-skips or swin-unet-acdc."),
     protocol: str | None = typer.Option(None, help="Protocol (default: cpu)."),
@@ -466,13 +487,15 @@ def paper(
     keep_weights: bool = KEEP_WEIGHTS,
     sets: list[str] = SETS,
     track: str | None = TRACK,
+    executor: ExecutorOptions = None,
 ) -> None:
     """Regenerate a published table with our rows (from runs, trained if missing) beside it."""
     from bench.experiments.paper import paper_table
 
     opts = RunOptions(protocol=protocol, sets=sets, dataset=dataset, data_root=data_root, seeds=_seeds(seeds),
                       results=results, reports=out or Path("reports"), iterations=iterations, device=device,
-                      force=force, keep_weights=keep_weights, track=_csv(track), console=console)
+                      force=force, keep_weights=keep_weights, track=_csv(track), console=console,
+                      executor=executor)
     raise typer.Exit(paper_table(name, opts, _csv(models)))
 
 

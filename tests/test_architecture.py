@@ -2,8 +2,8 @@
 
 Stages, lowest first: leaf modules (paths, errors, files, env, protocol) and ``models``; then
 ``bench.data``; ``bench.engine``; ``bench.report`` (it reads what the engine wrote); then
-``bench.experiments``; then ``bench.cli``. A module may import its own stage or a lower one.
-Imports inside functions count too: a lazy import is still a dependency.
+``bench.experiments``; then ``bench.cli`` (and its ``bench.cli_executor``). A module may import
+its own stage or a lower one. Imports inside functions count too: a lazy import is still a dependency.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from helpers import ROOT
 PACKAGES = ("bench", "models")
 STAGES = [("bench.paths", "bench.errors", "bench.files", "bench.env", "bench.protocol", "models"),
           ("bench.data",), ("bench.engine",), ("bench.report",), ("bench.experiments",),
-          ("bench.cli", "bench.__main__")]
+          ("bench.cli", "bench.cli_executor", "bench.__main__")]
 
 
 def _module_name(path) -> str:

@@ -1,4 +1,4 @@
-"""The results store: run paths, atomic files, manifests and per-run locks.
+"""The results store: run paths, atomic files, manifests and per-run locks (``locks.py``).
 
 A run lives in ``<results>/<dataset>/<protocol>/<model>/seed<k>/``. Every file is written to
 a temporary name and renamed; a run counts as complete only when its manifest says so, and
@@ -6,18 +6,16 @@ the manifest is written last.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import socket
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from bench.engine.locks import RunLocked, run_lock  # noqa: F401 (the store's lock, see locks.py)
 from bench.errors import BenchError
 from bench.files import atomic_write
 
@@ -27,7 +25,6 @@ CHECKPOINT = "checkpoint.pt"
 FINAL_WEIGHTS = "model.pt"
 TRAIN_LOG = "train_log.csv"
 EXPORT_DIR = "nifti"  # `bench export` default output, removed with the predictions it came from
-LOCK = ".lock"
 
 METRIC_COLUMNS = ["dataset", "protocol", "model", "seed", "case", "label", "organ", "metric", "value", "convention"]
 
@@ -109,39 +106,3 @@ def check_writable(results: Path) -> None:
     if free < MIN_FREE_BYTES:
         raise BenchError(f"only {free / 2**20:.0f} MiB free under {results}; runs need at least 1 GiB "
                          "for checkpoints and predictions")
-
-
-class RunLocked(Exception):
-    """Another live process holds the run's lock."""
-
-
-@contextmanager
-def run_lock(run_dir: Path, wait: bool = False):
-    """Exclusive lock on one run folder, naming its holder (host and pid).
-
-    With ``wait`` it blocks until the holder is done. An OS lock (flock) on ``.lock``: the kernel
-    releases it when the holder dies, however it
-    dies, so a stale lock can never block a run; the host and pid written into the file are
-    there to name the live holder in the error message.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    f = open(run_dir / LOCK, "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise RunLocked(f"{run_dir} is being run by {holder}") from None
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"host {socket.gethostname()} pid {os.getpid()}")
-        f.flush()
-        yield
-    finally:
-        f.seek(0)
-        f.truncate()
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        f.close()

@@ -119,6 +119,12 @@ def check_conflict(run_dir: Path, key: str) -> str | None:
     return None
 
 
+def reset_run(run_dir: Path) -> None:
+    """Delete a run's results (``--force`` on an executor that runs it elsewhere, before submitting)."""
+    with run_lock(run_dir):
+        _clear(run_dir)
+
+
 def _clear(run_dir: Path) -> None:
     for name in (MANIFEST, METRICS, CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS, TRAIN_LOG, VALIDATION_LOG):
         (run_dir / name).unlink(missing_ok=True)
@@ -129,12 +135,14 @@ def _clear(run_dir: Path) -> None:
 def execute(
     spec: RunSpec, protocol: Protocol, ds: Dataset, results: Path, device: torch.device,
     force: bool = False, progress: Progress | None = None, say=print, wait: bool = False,
-    keep_weights: bool = True, track: tuple[str, ...] = (),
+    keep_weights: bool = True, track: tuple[str, ...] = (), where: dict | None = None,
 ) -> Outcome:
     """Train and evaluate one run inside its lock; never raises except on interruption.
 
     A completed run keeps its trained weights in ``model.pt`` unless ``keep_weights`` is off.
     ``track`` names live trackers (``bench.engine.tracking``) that follow the run.
+    ``where`` names the executor and the place the run executes (Slurm job, Ray task), for
+    the manifest; every executor calls this same function with the same spec.
 
     Without ``wait`` a run locked by another process comes back as ``locked`` (the sweep
     returns to it later with ``wait=True`` and then reuses what the other process made).
@@ -144,7 +152,7 @@ def execute(
     config = run_config(spec, protocol, ds)
     key = config_key(config)
     try:
-        lock = run_lock(run_dir, wait=wait)
+        lock = run_lock(run_dir, wait=wait, say=say)
         lock.__enter__()
     except RunLocked as e:
         return Outcome(run, run_dir, "locked", str(e))
@@ -167,7 +175,7 @@ def execute(
                                    "batch_size": protocol.batch_size, "input_size": protocol.input_size,
                                    "device": str(device)})
         out = _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, old or {},
-                               tracker)
+                               tracker, where or {"name": "local"})
         if out.status == "complete" and not keep_weights:
             (run_dir / FINAL_WEIGHTS).unlink(missing_ok=True)
         return out
@@ -176,9 +184,9 @@ def execute(
 
 
 def _train_and_score(spec, protocol, ds, run, run_dir, config, key, device, progress, say, before: dict,
-                     tracker: Tracking) -> Outcome:
+                     tracker: Tracking, where: dict) -> Outcome:
     manifest = {
-        "status": "running", "key": key, "run": run.__dict__, **config,
+        "status": "running", "key": key, "run": run.__dict__, **config, "executor": where,
         "protocol_hash": protocol.hash(), "git": env.git_revision(), "packages": env.package_versions(),
         **env.device_info(device), **numerics.record(protocol, device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -51,6 +51,11 @@ class Interrupted(RuntimeError):
     """SIGTERM / SIGINT arrived; a checkpoint was written before stopping."""
 
 
+class Preempted(Interrupted):
+    """SIGUSR1 arrived: a scheduler's warning before preemption or the time limit (``sbatch
+    --signal=USR1@...``). A checkpoint was written; whoever runs the job requeues it."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -89,14 +94,14 @@ def _write_log(run_dir: Path, rows: list[dict]) -> None:
 
 
 class _StopFlag:
-    """Turns SIGTERM / SIGINT into a flag checked between iterations."""
+    """Turns SIGTERM / SIGINT / SIGUSR1 into a flag checked between iterations."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
 
     def __enter__(self) -> _StopFlag:
         self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread
@@ -231,7 +236,10 @@ def train(
             if stop.signal:
                 if done == max_iter:  # training is over: keep its weights, only the evaluation is left
                     save_final(run_dir, model, max_iter)
-                raise Interrupted(f"stopped by signal {stop.signal} at iteration {done}; checkpoint saved")
+                name = signal.Signals(stop.signal).name
+                say(f"{label}: {name} at iteration {done}: checkpoint saved")
+                kind = Preempted if stop.signal == signal.SIGUSR1 else Interrupted
+                raise kind(f"stopped by {name} at iteration {done}; checkpoint saved")
     save_final(run_dir, model, max_iter)
     seconds = time.perf_counter() - t0
     if progress is not None:

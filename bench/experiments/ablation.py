@@ -16,10 +16,9 @@ from bench.data.resolve import resolve_dataset
 from bench.data.synapse import Dataset
 from bench.engine.results import check_writable, read_metrics
 from bench.engine.runner import Outcome, RunSpec
-from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments import references
-from bench.experiments.execute import execute_jobs, say_failures
+from bench.experiments.execute import Submitted, execute_jobs, run_device, say_failures
 from bench.experiments.options import RunOptions
 from bench.experiments.preflight import check_jobs
 from bench.protocol import Protocol, Seed, load_yaml_model, resolve_protocol
@@ -97,7 +96,7 @@ def jobs(rows: list[Row], seeds: list[int], lr: float | None = None) -> list[tup
 
 def run_rows(rows: list[Row], seeds: list[int], ds: Dataset, opts: RunOptions) -> tuple[dict, list[Outcome]]:
     """Every row x seed as a run: {row name: its metrics under the row's convention}, and the failures."""
-    device = pick_device(opts.device)
+    device = run_device(opts)
     todo = jobs(rows, seeds)
     check_jobs(todo, ds, opts.results, opts.force)
     outcomes = execute_jobs(todo, ds, device, opts)
@@ -128,7 +127,10 @@ def run_ablation(spec: AblationSpec, name: str, opts: RunOptions) -> int:
     rows = expand(spec, opts.protocol, opts.iterations, opts.sets)
     seeds = opts.seeds or spec.seeds or list(rows[0].protocol.seeds)
     ds = open_dataset(opts.dataset or spec.dataset, opts)
-    per_row, failed = run_rows(rows, seeds, ds, opts)
+    try:
+        per_row, failed = run_rows(rows, seeds, ds, opts)
+    except Submitted:
+        return 0
     reference = references.load_reference(spec.mirrors) if spec.mirrors else \
         {"rows": [], "source": "none", "dataset": "-"}
     ours = {r: references.row_values(m) for r, m in per_row.items()}

@@ -1,4 +1,9 @@
-"""Running a list of jobs with a command's options: the one place where jobs leave an experiment."""
+"""Running a list of jobs with a command's options: the one place where jobs leave an experiment.
+
+``opts.executor`` decides where: in this process (``local``), as a Slurm array
+(``bench.experiments.executors.slurm``) or as Ray tasks (``...executors.ray``). The runs are the
+same everywhere: each goes through ``bench.engine.runner.execute`` with the same spec.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,18 +11,50 @@ import torch
 from bench.data.synapse import Dataset
 from bench.engine.numerics import check_precision
 from bench.engine.runner import Outcome, RunSpec, run_jobs
+from bench.env import pick_device
+from bench.errors import BenchError
+from bench.experiments.executors import resources
+from bench.experiments.executors.common import Submitted
 from bench.experiments.options import RunOptions
 from bench.protocol import Protocol
 
+__all__ = ["Submitted", "execute_jobs", "run_device", "say_failures"]
 
-def execute_jobs(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, device: torch.device,
+
+def run_device(opts: RunOptions) -> torch.device | None:
+    """This machine's device for local runs, checked now; ``None`` on a cluster, whose nodes pick
+    and check ``--device`` themselves (a login node needs no GPU to submit GPU runs)."""
+    if opts.executor.name == "local":
+        return pick_device(opts.device)
+    try:
+        torch.device(opts.device if opts.device != "auto" else "cpu")
+    except (RuntimeError, TypeError):
+        raise BenchError(f"--device {opts.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    return None
+
+
+def execute_jobs(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, device: torch.device | None,
                  opts: RunOptions) -> list[Outcome]:
     """Every job's outcome, in order: trained, reused, or recorded as failed.
 
-    A precision the device cannot run stops everything before the first run (exit 2), not run by run.
+    A precision the device cannot run stops everything before the first run (exit 2), not run by run
+    (on a cluster's nodes, where the device is only known there, the run fails on its node instead).
+    Raises ``Submitted`` when the jobs went to Slurm without ``--wait`` (the command's work is
+    then done: it prints where they went and returns).
     """
-    for precision in dict.fromkeys(proto.precision for _, proto in jobs):
-        check_precision(precision, device)
+    checked = device if device is not None else torch.device("cpu") if opts.device == "cpu" else None
+    if checked is not None:
+        for precision in dict.fromkeys(proto.precision for _, proto in jobs):
+            check_precision(precision, checked)
+    resources.check(opts.executor)
+    if opts.executor.name == "slurm":
+        from bench.experiments.executors.slurm import execute_slurm
+
+        return execute_slurm(jobs, ds, opts)
+    if opts.executor.name == "ray":
+        from bench.experiments.executors.ray import execute_ray
+
+        return execute_ray(jobs, ds, opts)
     return run_jobs(jobs, ds, opts.results, device, force=opts.force, progress=opts.progress,
                     keep_weights=opts.keep_weights, track=tuple(opts.track))
 

@@ -33,6 +33,32 @@ def training_progress(console: Console) -> Progress:
     )
 
 
+EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass
+class ExecutorOptions:
+    """Where the runs of a command execute: this process (``local``), one Slurm array task per
+    run (``slurm``), or one Ray task per run (``ray``). Only the place changes, never the run.
+
+    ``None`` means the default that ``bench.experiments.executors.resources`` works out
+    (GPUs from the device and protocol, CPUs from the protocol's data-loader workers) or the
+    cluster's own default (partition, memory, time limit).
+    """
+
+    name: str = "local"
+    gpus_per_run: int | None = None
+    cpus_per_run: int | None = None
+    partition: str | None = None  # Slurm
+    mem: str | None = None  # Slurm --mem, e.g. 32G
+    time: str | None = None  # Slurm --time, e.g. 8:00:00 or 2-00:00:00
+    max_parallel: int | None = None  # Slurm: the array's %K
+    slurm_args: dict[str, str] = field(default_factory=dict)  # any other sbatch option
+    wait: bool = False  # Slurm: block until every task ends (Ray always does)
+    ray_address: str | None = None  # Ray: a cluster to join (default: $RAY_ADDRESS, else a local Ray)
+    workers: int = 1  # bench tune: processes sharing each study
+
+
 @dataclass
 class RunOptions:
     """Where runs come from and go to, and how they are executed."""
@@ -54,6 +80,7 @@ class RunOptions:
     report: bool = True  # bench run: write the full report after the runs
     console: Console = field(default_factory=Console)
     progress: Progress | None = None  # default: ``training_progress(console)``
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
 
     def __post_init__(self) -> None:
         if self.progress is None:

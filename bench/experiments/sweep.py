@@ -10,9 +10,8 @@ from bench.data.resolve import resolve_dataset
 from bench.engine.results import RunId, check_writable, read_metrics, run_path
 from bench.engine.runner import RunSpec, check_conflict, config_key, run_config
 from bench.engine.train import Interrupted
-from bench.env import pick_device
 from bench.errors import BenchError
-from bench.experiments.execute import execute_jobs, say_failures
+from bench.experiments.execute import Submitted, execute_jobs, run_device, say_failures
 from bench.experiments.options import RunOptions
 from bench.experiments.preflight import check_jobs, check_weights
 from bench.report.console import render_rich, summary_table, write_summary
@@ -69,7 +68,7 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
         raise BenchError("--storage and --study choose a tuning study: use them with --lr tuned")
     fixed = None if tuned else _parse_lr(lr)
     check_writable(opts.results)
-    dev = pick_device(opts.device)
+    dev = run_device(opts)
     ds = resolve_dataset(opts.dataset or "synthetic", say=console.print, data_root=opts.data_root, fold=opts.fold)
     if tuned:
         lrs = _tuned_lrs(models, ds, proto, opts.results, storage, studies or [], console.print)
@@ -86,14 +85,17 @@ def sweep(models: list[str], opts: RunOptions, lr: str | float | None = None, we
                 raise BenchError(msg)
     check_jobs([(spec, proto) for spec in specs], ds, opts.results, opts.force)
 
+    where = dev if opts.executor.name == "local" else f"{opts.device} on the {opts.executor.name} nodes"
     console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/] "
                   f"({len(ds.train_slices)} training slices, {len(ds.test_cases)} test cases), "
-                  f"device {dev}, lr {_describe_lrs(lrs)}, seeds {seed_list}")
+                  f"device {where}, lr {_describe_lrs(lrs)}, seeds {seed_list}")
     try:
         outcomes = execute_jobs([(spec, proto) for spec in specs], ds, dev, opts)
     except Interrupted as e:
         console.print(f"[yellow]interrupted[/]: {e}; run the same command again to resume")
         return 130
+    except Submitted:
+        return 0
 
     done = [o.path for o in outcomes if o.ok]
     if done:

@@ -32,12 +32,13 @@ from bench.engine.numerics import check_precision
 from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS
 from bench.engine.runner import RunSpec
 from bench.engine.tracking import Tracking
-from bench.engine.train import Diverged, Interrupted, seed_everything, train
+from bench.engine.train import Diverged, Interrupted, Preempted, seed_everything, train
 from bench.engine.validation import held_out_view, mean_foreground
 from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments.options import RunOptions
 from bench.experiments.preflight import check_models
+from bench.experiments.tune import liveness
 from bench.experiments.tune.studies import (
     default_storage_url,
     display_url,
@@ -51,6 +52,7 @@ from bench.protocol import Protocol
 from models import create_model, is_model, list_models
 
 SEARCHABLE = ("lr", "weight_decay", "batch_size")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a preemption warning (SIGUSR1); a scheduler runs it again
 
 
 class TrialSeededTPE(BaseSampler):
@@ -110,6 +112,7 @@ class Search:
     track: tuple[str, ...] = ()  # live trackers (--track), one tracked run per trial
     results: Path = Path("results")
     dataset: str = ""
+    preempted: bool = False  # the interruption was a scheduler's warning (SIGUSR1)
 
 
 class _Scorer:
@@ -159,6 +162,12 @@ def _objective(s: Search, study: optuna.Study, progress, say):
         shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint must never carry over between trials
         run_dir.mkdir(parents=True)
         trial.set_user_attr("host", socket.gethostname())
+        if liveness.worker_id():
+            trial.set_user_attr("worker", liveness.worker_id())
+        liveness.touch(study, trial)  # before the inherited attributes of a retry can look stale
+        if trial.user_attrs.get("interrupted"):  # a retry inherits the failed trial's attributes
+            trial.set_user_attr("interrupted", False)
+            trial.set_user_attr("error", None)
         record = {"study": s.study, "number": trial.number, "model": s.model, "seed": seed,
                   "protocol_hash": s.protocol.hash(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -177,18 +186,20 @@ def _objective(s: Search, study: optuna.Study, progress, say):
                                  img_size=protocol.input_size)
             scorer = _Scorer(trial, model, s, protocol, tracker)
             label = f"{s.model} trial {trial.number} (lr {lr:.2e})"
-            train(model, s.view, protocol, seed, run_dir, lr, s.device, progress, label, say, on_iteration=scorer,
-                  tracker=tracker)
+            with liveness.heartbeat(study, trial):
+                train(model, s.view, protocol, seed, run_dir, lr, s.device, progress, label, say, on_iteration=scorer,
+                      tracker=tracker)
             record.update(state="COMPLETE", value=scorer.score)
             return scorer.score
         except optuna.TrialPruned as e:
             record.update(state="PRUNED", error=str(e))
             raise
         except Interrupted as e:
-            s.interrupted = True
+            s.interrupted, s.preempted = True, isinstance(e, Preempted)
             study.stop()  # the trial can't be resumed: it fails, and no further trial starts
             record.update(state="FAIL", error=f"interrupted: {e}")
             trial.set_user_attr("error", record["error"])
+            trial.set_user_attr("interrupted", True)
             raise
         except Diverged as e:
             record.update(state="FAIL", error=f"diverged: {e}")
@@ -243,10 +254,16 @@ def search(study: optuna.Study, s: Search, n_trials: int, timeout: float | None,
     def done(_study, trial) -> None:
         s.added += 1
         say(f"{s.model} {describe(trial)}")
+        if trial.user_attrs.get("interrupted") and liveness.worker_id():
+            liveness.retry(study, trial)  # a scheduled worker's trial is tried again, by any worker
+        liveness.fail_stale(study, say)
 
     s.folder.mkdir(parents=True, exist_ok=True)
-    study.optimize(_objective(s, study, progress, say), n_trials=n_trials, timeout=timeout,
-                   catch=(Exception,), gc_after_trial=True, callbacks=[done])
+    liveness.fail_stale(study, say)
+    n_trials = liveness.owed(study, n_trials)  # a requeued worker adds only what it still owes
+    if n_trials:
+        study.optimize(_objective(s, study, progress, say), n_trials=n_trials, timeout=timeout,
+                       catch=(Exception,), gc_after_trial=True, callbacks=[done])
 
 
 def parse_search(value: str) -> tuple[str, ...]:
@@ -337,7 +354,7 @@ def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: fl
             if s.interrupted:
                 console.print("[yellow]interrupted[/]: the running trial is recorded as failed; run the same "
                               "command again to add trials")
-                return 130
+                return EXIT_PREEMPTED if s.preempted else 130
             if _best(study) is None:
                 code = 1
     return code

@@ -103,7 +103,8 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage: ``sqlite:///FILE``, ``postgresql://...`` (any SQLAlchemy URL) or ``journal:FILE``.
 
     RDB storages get a heartbeat, so a trial whose process died is marked failed by the next
-    worker instead of staying RUNNING for ever.
+    worker instead of staying RUNNING for ever, and queued again with the same parameters (a
+    journal file gets the same from ``liveness``).
     """
     if url.startswith("journal:"):
         raw = re.sub(r"^journal:(//)?", "", url)
@@ -134,8 +135,11 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     try:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            from bench.experiments.tune.liveness import GRACE_SECONDS, HEARTBEAT_SECONDS, retry_callback
+
             return _retrying(f"storage {display_url(url)}", lambda: optuna.storages.RDBStorage(
-                url, heartbeat_interval=60, grace_period=300, **kwargs), url=url)
+                url, heartbeat_interval=int(HEARTBEAT_SECONDS), grace_period=int(GRACE_SECONDS),
+                failed_trial_callback=retry_callback(), **kwargs), url=url)
     except ImportError as e:
         raise BenchError(f"storage {display_url(url)} needs a database driver: {redact(str(e), url)} "
                          "(for PostgreSQL: pip install psycopg2-binary)") from None
