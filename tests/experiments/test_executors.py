@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import bench_cli
 
@@ -158,6 +159,9 @@ def test_a_complete_run_is_never_handed_to_a_worker_and_force_resets_before_subm
     done.path.mkdir(parents=True)
     (done.path / "manifest.json").write_text(json.dumps({"status": "complete", "key": done.key}))
     (done.path / "checkpoint.pt").write_text("old")
+    (done.path / "metrics.parquet").write_bytes(b"PAR1 torn")
+    assert isinstance(common.plan(jobs, ds, opts)[0], common.RunJob)  # complete, metrics unreadable: run again
+    pd.DataFrame({"value": [1.0]}).to_parquet(done.path / "metrics.parquet")
     planned = common.plan(jobs, ds, opts)
     assert planned[0].status == "skipped" and isinstance(planned[1], common.RunJob)
     assert planned[1].results.is_absolute() and planned[1].ds.root.is_absolute()
