@@ -42,7 +42,7 @@ def test_interrupted_run_resumes_bit_for_bit(resume_reference, resume_protocol, 
     if sig == signal.SIGKILL:
         assert manifest["status"] == "running" and saved == at
     else:  # the stop is taken between iterations, with a checkpoint wherever that was
-        stopped = int(re.search(r"stopped by signal 15 at iteration (\d+)", out).group(1))
+        stopped = int(re.search(r"stopped by SIGTERM at iteration (\d+)", out).group(1))
         assert manifest["status"] == "interrupted" and saved == stopped >= at
     res = bench_cli(*args)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr

@@ -46,7 +46,7 @@ def test_run_writes_every_file(smoke_run):
         assert list(log["iteration"]) == [0, 1, 2, 3] and log["lr"].iloc[0] == pytest.approx(0.01)
         df = pd.read_parquet(d / "metrics.parquet")
         assert {"model", "seed", "case", "label", "organ", "metric", "value", "convention"} <= set(df.columns)
-        assert len(df) == 1 * 8 * 4  # cases x organs x metrics
+        assert len(df) == 1 * 8 * 5  # cases x organs x metrics (dice, hd95, hd95_max, asd, nsd)
         assert not df.duplicated(["case", "label", "metric"]).any()
         assert df.query("metric == 'dice'")["value"].between(0, 1).all()
     assert (out / "reports" / "tiny" / "smoke" / "summary.md").is_file()
