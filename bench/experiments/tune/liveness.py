@@ -1,7 +1,7 @@
 """Trials of workers that die are retried, once each; a requeued worker adds only what it still owes.
 
 RDB storages (SQLite, PostgreSQL) have Optuna's heartbeat: a trial whose worker stopped beating
-is failed by the next worker and retried by ``RetryFailedTrialCallback`` (see ``studies.py``).
+is failed by the next worker and retried by ``RetryCallback`` (see ``studies.py``).
 A journal file has no heartbeat in Optuna, so a trial's worker records one as a user attribute
 while it trains (``heartbeat``); ``fail_stale`` then fails trials whose heartbeat stopped and
 retries them through the same callback, under the journal's own (NFS-safe) lock so that two
@@ -19,7 +19,16 @@ import time
 from contextlib import contextmanager
 
 import optuna
-from optuna.storages import JournalStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage
+
+try:  # Optuna >= 4.9 renamed the callback and the storage argument that takes it
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as RetryCallback
+
+    STALE_CALLBACK_ARG = "heartbeat_stale_trial_callback"
+except ImportError:  # Optuna 4.0 - 4.8
+    from optuna.storages import RetryFailedTrialCallback as RetryCallback
+
+    STALE_CALLBACK_ARG = "failed_trial_callback"
 from optuna.trial import FrozenTrial, TrialState
 
 WORKER_ENV = "SEGBENCH_WORKER"
@@ -32,8 +41,8 @@ def worker_id() -> str | None:
     return os.environ.get(WORKER_ENV) or None
 
 
-def retry_callback() -> RetryFailedTrialCallback:
-    return RetryFailedTrialCallback(max_retry=RETRIES)
+def retry_callback() -> RetryCallback:
+    return RetryCallback(max_retry=RETRIES)
 
 
 def owed(study: optuna.Study, n_trials: int) -> int:

@@ -135,11 +135,16 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
     try:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            from bench.experiments.tune.liveness import GRACE_SECONDS, HEARTBEAT_SECONDS, retry_callback
+            from bench.experiments.tune.liveness import (
+                GRACE_SECONDS,
+                HEARTBEAT_SECONDS,
+                STALE_CALLBACK_ARG,
+                retry_callback,
+            )
 
             return _retrying(f"storage {display_url(url)}", lambda: optuna.storages.RDBStorage(
                 url, heartbeat_interval=int(HEARTBEAT_SECONDS), grace_period=int(GRACE_SECONDS),
-                failed_trial_callback=retry_callback(), **kwargs), url=url)
+                **{STALE_CALLBACK_ARG: retry_callback()}, **kwargs), url=url)
     except ImportError as e:
         raise BenchError(f"storage {display_url(url)} needs a database driver: {redact(str(e), url)} "
                          "(for PostgreSQL: pip install psycopg2-binary)") from None
