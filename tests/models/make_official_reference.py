@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import types
 from pathlib import Path
 
 import torch
@@ -32,20 +31,8 @@ from official_reference import (  # noqa: E402
     official_weights,
     reference_input,
     save,
+    stub_ml_collections,
 )
-
-
-class _ConfigDict(dict):
-    """Just enough of ml_collections.ConfigDict for the official TransUNet configs."""
-
-    def __getattr__(self, k):
-        try:
-            return self[k]
-        except KeyError as e:
-            raise AttributeError(k) from e
-
-    def __setattr__(self, k, v):
-        self[k] = v
 
 
 def _run(model: torch.nn.Module, img_size: int) -> dict:
@@ -71,10 +58,7 @@ def swinunet() -> dict:
 
 
 def transunet() -> dict:
-    try:
-        import ml_collections  # noqa: F401
-    except ImportError:
-        sys.modules["ml_collections"] = types.SimpleNamespace(ConfigDict=_ConfigDict)
+    stub_ml_collections()
     network = official_module("SEGBENCH_OFFICIAL_TRANSUNET", "official_transunet")
 
     def build(img_size: int, num_classes: int, n_skip: int, **small) -> torch.nn.Module:

@@ -120,3 +120,24 @@ def official_module(env: str, package: str, stem: str | None = None):
         pkg.__path__ = [str(path.parent)]
         sys.modules[package] = pkg
     return importlib.import_module(f"{package}.{stem or path.stem}")
+
+
+class _ConfigDict(dict):
+    """Just enough of ml_collections.ConfigDict for the official TransUNet configs."""
+
+    def __getattr__(self, k):
+        try:
+            return self[k]
+        except KeyError as e:
+            raise AttributeError(k) from e
+
+    def __setattr__(self, k, v):
+        self[k] = v
+
+
+def stub_ml_collections() -> None:
+    """The official TransUNet configs import ``ml_collections``; stand in for it when it is missing."""
+    try:
+        import ml_collections  # noqa: F401
+    except ImportError:
+        sys.modules["ml_collections"] = types.SimpleNamespace(ConfigDict=_ConfigDict)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from official_reference import stub_ml_collections
 
 from models import create_model
 from models.weights import load_weights
@@ -218,19 +219,6 @@ def test_npz_errors(tmp_path: Path) -> None:
 
 # --- parity with the official network ------------------------------------------------------------
 
-class _ConfigDict(dict):
-    """Just enough of ml_collections.ConfigDict for the official configs."""
-
-    def __getattr__(self, k):
-        try:
-            return self[k]
-        except KeyError as e:
-            raise AttributeError(k) from e
-
-    def __setattr__(self, k, v):
-        self[k] = v
-
-
 def _official():
     path = os.environ.get("SEGBENCH_OFFICIAL_TRANSUNET")
     if not path:
@@ -239,10 +227,7 @@ def _official():
     path = Path(path)
     if not path.is_file():
         pytest.skip(f"SEGBENCH_OFFICIAL_TRANSUNET={path} is not a file")
-    try:
-        import ml_collections  # noqa: F401
-    except ImportError:
-        sys.modules["ml_collections"] = types.SimpleNamespace(ConfigDict=_ConfigDict)
+    stub_ml_collections()
     if "official_transunet" not in sys.modules:  # the network imports its configs relatively
         package = types.ModuleType("official_transunet")
         package.__path__ = [str(path.parent)]
