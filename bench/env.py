@@ -55,6 +55,14 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
+def parse_device(name: str) -> torch.device:
+    """``--device NAME`` as a torch device, without asking whether this machine has it."""
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise BenchError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """The device to run on: ``auto`` (a GPU if there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 
@@ -62,10 +70,7 @@ def pick_device(name: str = "auto") -> torch.device:
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise BenchError(f"--device {name}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    device = parse_device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"

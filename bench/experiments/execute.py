@@ -11,8 +11,7 @@ import torch
 from bench.data.synapse import Dataset
 from bench.engine.numerics import check_precision
 from bench.engine.runner import Outcome, RunSpec, run_jobs
-from bench.env import pick_device
-from bench.errors import BenchError
+from bench.env import parse_device, pick_device
 from bench.experiments.executors import resources
 from bench.experiments.executors.common import Submitted
 from bench.experiments.options import RunOptions
@@ -26,10 +25,8 @@ def run_device(opts: RunOptions) -> torch.device | None:
     and check ``--device`` themselves (a login node needs no GPU to submit GPU runs)."""
     if opts.executor.name == "local":
         return pick_device(opts.device)
-    try:
-        torch.device(opts.device if opts.device != "auto" else "cpu")
-    except (RuntimeError, TypeError):
-        raise BenchError(f"--device {opts.device}: not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if opts.device != "auto":
+        parse_device(opts.device)
     return None
 
 
