@@ -2,8 +2,9 @@
 
 Each trial is a full training run under the protocol on most training cases, scored by the mean
 foreground DSC on held-out *training* cases (``bench.engine.validation.held_out_view``, the cases
-``bench run`` validates on too); test cases are never read. Scores at the protocol's validation interval feed a pruner. A trial that diverges or
-raises is recorded as failed and the study goes on (a failure is a row, not a crash).
+``bench run`` validates on too); test cases are never read. Scores at the protocol's validation
+interval feed a pruner. A trial that diverges or raises is recorded as failed and the study goes
+on (a failure is a row, not a crash).
 
 Studies live in an Optuna storage: SQLite under the results folder by default, or any URL
 (PostgreSQL, ``journal:FILE``), so a second call, or a process on another machine, adds trials
