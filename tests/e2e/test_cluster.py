@@ -181,9 +181,12 @@ def _state(job: str) -> str:
 
 
 def _release_when_requeued(job: str, proc) -> None:
-    """A requeued job waits for a begin time (Slurm's requeue delay); make it eligible at once."""
+    """A requeued job waits for a begin time (Slurm's requeue delay); make it eligible in 2 s.
+
+    Not at once: slurmd refuses a job whose credential is not newer than the revocation of its
+    previous run, in whole seconds ("Job credential revoked"), and the job then fails."""
     _until(f"job {job} pending again", lambda: _state(job) == "PENDING", proc=proc)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+2"], check=True)
 
 
 def _losses(run_dir: Path) -> list[str]:
