@@ -1,6 +1,6 @@
 """Sessions run inside the project's environment (install it first, as the README says).
 
-    nox -s lint      ruff over the whole checkout (CI runs it before the tests)
+    nox -s lint      ruff over the whole checkout, then mypy over bench/ and models/ (CI runs both first)
     nox -s tests     the test suite (what CI runs)
     nox -s demo      the main job: bench run --models swinunet,unet
     nox -s slow      reference tests marked slow
@@ -14,6 +14,7 @@ nox.options.sessions = ["lint", "tests"]
 @nox.session(venv_backend="none")
 def lint(session):
     session.run("ruff", "check", ".", *session.posargs)
+    session.run("mypy")  # files and settings: [tool.mypy] in pyproject.toml
 
 
 @nox.session(venv_backend="none")

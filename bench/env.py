@@ -38,18 +38,32 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def cpu_name() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` of /proc/cpuinfo (Linux), else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model string (``Intel(R) Xeon(R) Processor``, ``AMD EPYC 7B13``)."""
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor (``GenuineIntel``, ``AuthenticAMD``; elsewhere the architecture, ``arm64``)."""
+    return _cpuinfo("vendor_id") or platform.machine() or "unknown"
 
 
 def device_info(device: torch.device) -> dict:
-    info = {"device": str(device), "threads": torch.get_num_threads(), "host": socket.gethostname(), "cpu": cpu_name()}
+    """The manifest's account of the machine: device, torch threads, host and the CPU family (vendor and
+    model: float sums differ between families, so a CPU run's last digits may too)."""
+    info = {"device": str(device), "threads": torch.get_num_threads(), "host": socket.gethostname(),
+            "cpu": cpu_name(), "cpu_vendor": cpu_vendor()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

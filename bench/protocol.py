@@ -6,17 +6,19 @@ stored with each run, so runs of different recipes are never pooled silently.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import BenchError
+from bench.names import RULE, name_problem, protocol_name_problem
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 
@@ -27,6 +29,7 @@ Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+DEFAULT_THREADS = 1  # CPU threads of a protocol that does not say (neutral: see NEUTRAL)
 
 
 class _Strict(BaseModel):
@@ -69,7 +72,35 @@ class Evaluation(_Strict):
     convention: Literal["synapse", "strict"] = "synapse"
     resize: Literal["nearest-label", "bilinear-logits"] = "bilinear-logits"
     batch_size: Count = 24
-    nsd_tolerance_mm: NonNegative = 2.0
+    nsd_tolerance_mm: PositiveFloat = 2.0  # a distance: 0 would count only exactly shared surface points
+    # A declared subset of the test set, for a protocol that must take seconds (smoke): the first
+    # ``max_cases`` cases of the test list and, of each volume, its ``max_slices`` central slices
+    # (one contiguous slab, so 3D distances stay 3D). None: every case, every slice. Tables say so.
+    max_cases: Count | None = None
+    max_slices: Count | None = None
+    # Inference-side options (neutral values: what every run did before they existed; see NEUTRAL).
+    # ``tta: flip`` averages the softmax over the four mirrorings of each slice (none, left-right,
+    # up-down, both), as nnU-Net mirrors; ``postprocess`` keeps each class's largest 3D connected
+    # component (``lcc``, nnU-Net's remove-all-but-largest-component) and then fills each class's holes
+    # slice by slice (``lcc+fill``); ``inference_size`` feeds the model N x N slices instead of
+    # ``input_size`` ones, with the trained weights, when the model can be built at N with the same
+    # weight shapes (``models.registry.check_input_size``).
+    tta: Literal["none", "flip"] = "none"
+    postprocess: Literal["none", "lcc", "lcc+fill"] = "none"
+    inference_size: Count | None = None
+
+    def subset(self) -> str:
+        """The subset in words (``""`` for the whole test set), for tables and headers."""
+        cases = "the first test case" if self.max_cases == 1 else f"the first {self.max_cases} test cases"
+        slices = "its central slice" if self.max_slices == 1 else f"the central {self.max_slices} slices of each"
+        return ", ".join(([cases] if self.max_cases else []) + ([slices] if self.max_slices else []))
+
+    def inference(self) -> str:
+        """The inference-side options in words (``""`` at their neutral values), for the fairness line."""
+        parts = (["test-time mirroring (4 flips, softmax averaged)"] if self.tta == "flip" else []) + \
+            ([f"post-processing {self.postprocess}"] if self.postprocess != "none" else []) + \
+            ([f"inference at {self.inference_size} px"] if self.inference_size else [])
+        return ", ".join(parts)
 
 
 class Validation(_Strict):
@@ -144,13 +175,25 @@ class Protocol(_Strict):
     # fp16: autocast to float16 with a gradient scaler (CUDA only).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     cudnn: Cudnn = Cudnn()
+    # torch's CPU threads per run (intra-op). On a CPU they decide the order in which kernels sum
+    # floats, so they are part of the numbers; every executor gives each run this many. On CUDA they
+    # are not applied (the CPU threads do not change a GPU run's numbers).
+    threads: Count = DEFAULT_THREADS
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        problem = protocol_name_problem(name)
+        if problem is not None:
+            rule = f" ({RULE})" if name_problem(name) else ""
+            raise ValueError(f"name {name!r} must be a plain folder name (it names the runs' folder): "
+                             f"it {problem}{rule}")
+        return name
 
     @model_validator(mode="after")
     def _schedule(self) -> Protocol:
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("set exactly one of 'epochs' and 'iterations'")
-        if not self.name or self.name != Path(self.name).name or self.name in (".", ".."):
-            raise ValueError(f"name {self.name!r} must be a plain folder name (it names the runs' folder)")
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
         return self
@@ -159,41 +202,55 @@ class Protocol(_Strict):
         """Iteration budget: given directly, or epochs x ceil(slices / batch) as the official code."""
         if self.iterations is not None:
             return self.iterations
+        assert self.epochs is not None  # exactly one budget (checked when the protocol is made)
         return self.epochs * math.ceil(n_train_slices / self.batch_size)
 
     def effective_lr(self) -> float:
-        """The base LR actually used, after the declared batch-size rule."""
+        """The base LR actually used, after the declared batch-size rule (``lr_rule`` says which)."""
         if self.lr_scaling == "linear" or (
             self.lr_scaling == "official" and self.batch_size != 24 and self.batch_size % 6 == 0
         ):
             return self.base_lr * self.batch_size / 24
         return self.base_lr
 
+    def lr_rule(self) -> str:
+        """How ``effective_lr`` comes from ``base_lr``, in words (``protocol show`` and run headers say it).
+
+        The official Swin-Unet rule scales only batch sizes that are multiples of 6 other than 24, so
+        batch 12 trains at half the LR while batch 16 (a power of two) keeps 0.05: say which applied.
+        """
+        b, base = self.batch_size, f"{self.base_lr:g}"
+        if self.lr_scaling == "linear":
+            return f"scaled from {base} by batch {b}/24 (lr_scaling linear)"
+        if self.lr_scaling == "none":
+            return "base_lr (lr_scaling none)"
+        if b == 24:
+            return "base_lr, which the official batch rule leaves unscaled at batch 24"
+        if b % 6:
+            return (f"base_lr, not scaled: the official batch rule scales only batch sizes that are multiples "
+                    f"of 6, and {b} is not one")
+        return f"scaled from {base} by the official batch rule: x {b}/24, as batch {b} is a multiple of 6"
+
     def hash(self) -> str:
         """Short sha256 over every field that can change a run's result (see ``recipe``)."""
-        blob = json.dumps(recipe(self.model_dump()), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return recipe_hash(self.model_dump())
 
-    def override(self, **changes) -> Protocol:
-        """A copy with command-line overrides applied (None values are ignored), re-validated."""
-        data = self.model_dump()
-        for key, value in changes.items():
-            if value is None:
-                continue
-            if key == "iterations":
-                data["epochs"] = None
-            data[key] = value
-        try:
-            return Protocol.model_validate(data)
-        except ValidationError as e:
-            given = ", ".join(f"{k}={v}" for k, v in changes.items() if v is not None)
-            raise BenchError(f"invalid override {given}: {_first_error(e)}") from None
+    def derive(self, changes: Mapping[str, object] | None = None, **keys: object) -> Protocol:
+        """This protocol with changed keys (dotted, or keyword): see ``derive``."""
+        return derive(self, {**(changes or {}), **keys})
 
 
 # Keys added after results existed, at the values that reproduce what a run did before the key
 # existed (every such run on a CPU: no autocast there, no cuDNN). At these values they stay out of
-# the hash, so earlier protocols keep their hash and earlier runs their identity.
-NEUTRAL = {"precision": "fp32", "cudnn": Cudnn().model_dump()}
+# the hash, so earlier protocols keep their hash and earlier runs their identity. ``threads`` is the
+# exception that needs a rule: runs made before it used whatever count their process had, which
+# their manifest records; 1 keeps the hashes of protocols that do not say it, and a run made before
+# the key is the same run as a protocol's only if it recorded that protocol's count
+# (``bench.engine.runs.same_run``, ``bench.engine.numerics.threads_of``).
+# Dotted keys are nested ones (``evaluation.max_cases``).
+NEUTRAL = {"precision": "fp32", "cudnn": Cudnn().model_dump(), "threads": DEFAULT_THREADS,
+           "evaluation.max_cases": None, "evaluation.max_slices": None,
+           "evaluation.tta": "none", "evaluation.postprocess": "none", "evaluation.inference_size": None}
 
 
 def recipe(data: dict) -> dict:
@@ -205,12 +262,44 @@ def recipe(data: dict) -> dict:
     """
     out = {k: v for k, v in data.items() if k not in ("name", "description", "validation", "tuning")}
     for key, value in NEUTRAL.items():
-        if out.get(key, value) == value:
-            out.pop(key, None)
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:  # a copy of each section on the way: ``data`` stays as it is
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            if node.get(last, value) == value:
+                node.pop(last, None)
     validation = data.get("validation") or {}
     if validation.get("during_run"):
         out["validation"] = {"during_run": True, "fraction": validation.get("fraction")}
     return out
+
+
+def recipe_hash(data: dict) -> str:
+    """The protocol hash of a protocol's ``model_dump()`` (a manifest stores one): 12 hex digits of the
+    sha256 of its ``recipe``."""
+    blob = json.dumps(recipe(data), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+FLAGS = {"convention": "--convention", "nsd_tolerance_mm": "--nsd-tolerance", "resize": "--resize",
+         "batch_size": "--batch-size"}
+
+
+def evaluation_settings(base: Evaluation | dict | None = None, **flags: object) -> Evaluation:
+    """Evaluation settings: a run's record (or the defaults) with command-line flags (None: unchanged),
+    validated by ``Evaluation`` itself; an error names the flag."""
+    data = base.model_dump() if isinstance(base, Evaluation) else dict(base or {})
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return Evaluation.model_validate(data)
+    except ValidationError as e:
+        key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else ""
+        msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise BenchError(f"{FLAGS.get(key, key)} {data.get(key)}: {msg}") from None
 
 
 def list_protocols() -> list[str]:
@@ -271,10 +360,11 @@ def parse_set(item: str) -> tuple[str, object]:
     return key, value
 
 
-def _at(data: dict, key: str):
+def _at(data: dict, key: str) -> object:
+    node: object = data
     for part in key.split("."):
-        data = data[part]
-    return data
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _text(value) -> str:
@@ -288,50 +378,110 @@ def _text(value) -> str:
     return str(value).replace("/", "_").replace(" ", "_")
 
 
-def apply_sets(protocol: Protocol, sets: Sequence[str]) -> Protocol:
-    """``protocol`` with ``--set KEY=VALUE`` overrides, validated like a file.
+def protocol_name(root: str, changes: Mapping[str, str]) -> str:
+    """The name of a derived protocol: ``cpu@batch_size=4,iterations=30`` (keys sorted);
+    ``parse_protocol_name`` reads it back."""
+    if not changes:
+        return root
+    return f"{root}@" + ",".join(f"{k}={changes[k]}" for k in sorted(changes))
 
-    The result is another recipe, so its name records the keys that changed
-    (``cpu@batch_size=4``): its runs get their own folders and report, never the base's.
+
+def parse_protocol_name(name: str) -> tuple[str, dict[str, str]]:
+    """``cpu@batch_size=4,seeds=[0,1]`` -> ``("cpu", {"batch_size": "4", "seeds": "[0,1]"})``."""
+    root, sep, suffix = name.partition("@")
+    if not sep:
+        return name, {}
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(suffix + ","):
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            items.append(suffix[start:i])
+            start = i + 1
+    return root, dict(item.partition("=")[::2] for item in items if item)
+
+
+def _put(data: dict, key: str, value: object, where: str) -> None:
+    """Set dotted ``key`` in a protocol's ``model_dump()``; one budget (iterations, epochs) replaces the other."""
+    parts = key.split(".")
+    if parts[0] in ("name", "description"):
+        raise BenchError(f"{where} {key}: not a setting (the name records the overrides)")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            what = "unknown key" if part not in node else "not a section"
+            raise BenchError(f"{where} {key}: {what} '{'.'.join(parts[: i + 1])}'")
+        node = node[part]
+    node[parts[-1]] = value
+    if key in ("iterations", "epochs") and value is not None:
+        data["epochs" if key == "iterations" else "iterations"] = None
+
+
+def derive(protocol: Protocol, changes: Mapping[str, object], where: str = "--set") -> Protocol:
+    """``protocol`` with dotted-key changes, validated like a file: the one way to override a protocol.
+
+    The result is another recipe, so its name records the keys whose values changed
+    (``cpu@batch_size=4``, merged with what the name already records): its runs get their own
+    folders and report, never the base's. A value equal to the protocol's changes nothing, not
+    even the name. ``--set``, ``--iterations``, ``--checkpoint-every``, ``bench tune``'s LR range and
+    ablation knobs that are protocol keys all come here.
     """
-    if not sets:
+    if not changes:
         return protocol
-    base = protocol.model_dump()
-    data = protocol.model_dump()
-    keys = []
-    for item in sets:
-        key, value = parse_set(item)
-        parts = key.split(".")
-        if parts[0] in ("name", "description"):
-            raise BenchError(f"--set {key}: not a setting (the name records the overrides)")
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
-                what = "unknown key" if part not in node else "not a section"
-                raise BenchError(f"--set {key}: {what} '{'.'.join(parts[: i + 1])}'")
-            node = node[part]
-        node[parts[-1]] = value
-        if key in ("iterations", "epochs") and value is not None:  # one budget replaces the other
-            data["epochs" if key == "iterations" else "iterations"] = None
-        keys.append(key)
+    before = protocol.model_dump()
+    data = copy.deepcopy(before)
+    for key, value in changes.items():
+        _put(data, key, value, where)
     try:
         resolved = Protocol.model_validate(data)
     except ValidationError as e:
-        raise BenchError(f"--set: {_first_error(e)}") from None
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        given = "" if err["type"] == "extra_forbidden" else next(  # the bad value, as given
+            (f" {k}={_text(v)}" for k, v in changes.items() if loc == k or loc.startswith(k + ".")), "")
+        raise BenchError(f"{where}{given}: {_first_error(e)}") from None
     after = resolved.model_dump()
-    changed = [k for k in dict.fromkeys(keys) if _at(after, k) != _at(base, k)]
+    changed = {k: _text(_at(after, k)) for k in changes if _at(after, k) != _at(before, k)}
     if not changed:
         return resolved
-    suffix = ",".join(f"{k}={_text(_at(after, k))}" for k in sorted(changed))
-    return resolved.model_copy(update={"name": f"{protocol.name}@{suffix}"})
+    root, recorded = parse_protocol_name(protocol.name)
+    everything = recorded | changed
+    description = _with_changes(base_description(protocol.model_dump()), everything)
+    return resolved.model_copy(update={"name": protocol_name(root, everything), "description": description})
 
 
-def resolve_protocol(name_or_path: str, sets: Sequence[str] = ()) -> Protocol:
-    """A shipped protocol or a file, with ``--set`` overrides applied."""
-    return apply_sets(load_protocol(name_or_path), sets)
+CHANGED = "[then changed: "  # what ``derive`` appends to a description: its text no longer says it all
+
+
+def _with_changes(description: str, changes: Mapping[str, str]) -> str:
+    said = ", ".join(f"{k}={changes[k]}" for k in sorted(changes))
+    return f"{description} {CHANGED}{said}]" if description else f"{CHANGED}{said}]"
+
+
+def base_description(data: Mapping[str, object]) -> str:
+    """A protocol's description (from ``model_dump()`` or a manifest's record) without what ``derive``
+    appended to it: the name records those changes already, and runs made before derive appended
+    them keep their ``config_key``."""
+    text = str(data.get("description") or "")
+    if parse_protocol_name(str(data.get("name") or ""))[1] and CHANGED in text:
+        text = text.rpartition(CHANGED)[0].rstrip()
+    return text
+
+
+def apply_sets(protocol: Protocol, sets: Sequence[str]) -> Protocol:
+    """``protocol`` with ``--set KEY=VALUE`` overrides (see ``derive``)."""
+    return derive(protocol, dict(parse_set(item) for item in sets))
+
+
+def resolve_protocol(name_or_path: str, sets: Sequence[str] = (), changes: Mapping[str, object] | None = None
+                     ) -> Protocol:
+    """A shipped protocol or a file, with ``--set`` overrides and then ``changes`` applied in one
+    ``derive`` (so the name records each changed key once, however it was given)."""
+    return derive(load_protocol(name_or_path), {**dict(parse_set(item) for item in sets), **(changes or {})})
 
 
 def protocol_yaml(protocol: Protocol) -> str:
-    """The resolved protocol as YAML that ``--protocol FILE`` reads back (same hash), name and hash on top."""
+    """The resolved protocol as YAML that ``--protocol FILE`` reads back (same hash); name, hash and the
+    effective LR with its rule on top."""
     body = yaml.safe_dump(protocol.model_dump(exclude={"name"}), sort_keys=False, default_flow_style=None, width=120)
-    return f"# protocol {protocol.name}, hash {protocol.hash()}\n{body}"
+    return (f"# protocol {protocol.name}, hash {protocol.hash()}\n"
+            f"# effective lr {protocol.effective_lr():g}: {protocol.lr_rule()}\n{body}")

@@ -7,7 +7,10 @@ that every executor wrote the same metrics. Needs a reachable Slurm (``sinfo`` a
 ``python3 .ci/minislurm.py start DIR`` as root and the SLURM_CONF it prints) and Ray.
 
     python benchmarks/bench_executors.py [--models swinunet-nano,smp-linknet-mobilenet_v2]
-        [--protocol smoke] [--iterations N] [--repeats 3] [--threads 1]
+        [--protocol smoke] [--iterations N] [--repeats 3] [--threads N]
+
+Each run uses its protocol's ``threads`` (smoke: 1) whatever the executor; ``--threads N`` runs
+another recipe (``--set threads=N``: ``smoke@threads=N``).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import pandas as pd
 
 from bench.data.synthetic import generate
 from bench.env import cpu_name
+from bench.protocol import load_protocol
 
 EXECUTORS = {"local": [], "slurm": ["--executor", "slurm", "--max-parallel", "2", "--wait"],
              "ray": ["--executor", "ray"]}
@@ -50,16 +54,20 @@ def main() -> None:
     ap.add_argument("--protocol", default="smoke")
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (--set threads=N; "
+                    "default: the protocol's)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-executors-"))
     data = generate.generate(work / "tiny", seed=0, size=64, train_cases=("0005", "0006"), test_cases=("0001",))
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), COLUMNS="200")
+    env = dict(os.environ, COLUMNS="200")
     base = [sys.executable, "-m", "bench", "run", "--models", args.models, "--seeds", "0,1", "--protocol",
             args.protocol, "--dataset", str(data), "--drop-weights"]
     if args.iterations:
         base += ["--iterations", str(args.iterations)]
+    if args.threads:
+        base += ["--set", f"threads={args.threads}"]
+    threads = args.threads or load_protocol(args.protocol).threads
     times: dict[str, list[float]] = {name: [] for name in EXECUTORS}
     first: dict[str, pd.DataFrame] = {}
     try:
@@ -77,7 +85,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     same = all(first[name].equals(first["local"]) for name in EXECUTORS)
     local = statistics.median(times["local"])
-    print(f"\n{cpu_name()}, {os.cpu_count()} logical cores, {args.threads} torch thread(s) per run; "
+    print(f"\n{cpu_name()}, {os.cpu_count()} logical cores, {threads} torch thread(s) per run; "
           f"{args.models} x seeds 0,1 under {args.protocol}; median of {args.repeats}; metrics identical: {same}")
     print("| executor | median s | runs | ratio to local |\n| --- | --- | --- | --- |")
     for name in EXECUTORS:

@@ -1,4 +1,5 @@
-"""Compute accounting for model tables and run manifests: parameters, forward FLOPs, training speed."""
+"""Compute accounting for model tables and run manifests: parameters, forward FLOPs, training and
+inference speed."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +97,42 @@ def _max_rss_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
+def time_steps(step: Callable[[], object], steps: int, warmup: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step()`` after ``warmup`` untimed ones (CUDA synchronised)."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _reset_peak_memory(device: torch.device) -> float:
+    """Start measuring peak memory now; the baseline (CUDA: bytes allocated; CPU: peak RSS in MB)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return float(torch.cuda.memory_allocated(device))
+    _reset_peak_rss()
+    return _max_rss_mb()
+
+
+def _peak_memory(device: torch.device, before: float) -> tuple[float, float]:
+    """(peak MB, growth MB over ``before`` from ``_reset_peak_memory``)."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        return peak, peak - before / 2**20
+    peak = _max_rss_mb()
+    return peak, peak - before
+
+
 def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int = 5, warmup: int = 2,
                      in_channels: int = 1, device: str | torch.device | None = None,
                      precision: str = "fp32") -> TrainingSpeed:
@@ -111,7 +149,6 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cuda = device.type == "cuda"
     model.to(device).eval()
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, in_channels, img_size, img_size, device=device, generator=g)
@@ -121,13 +158,7 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
     y = torch.randint(0, num_classes, (batch, img_size, img_size), device=device, generator=g)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scaler = grad_scaler(precision, device)
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        _reset_peak_rss()
-        before = _max_rss_mb()
+    before = _reset_peak_memory(device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -137,24 +168,56 @@ def measure_training(model: nn.Module, img_size: int, batch: int = 4, steps: int
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        if cuda:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-        growth = peak - before / 2**20
-    else:
-        peak = _max_rss_mb()
-        growth = peak - before
+    times = time_steps(step, steps, warmup, device)
+    peak, growth = _peak_memory(device, before)
     optimizer.zero_grad(set_to_none=True)
     median = statistics.median(times)
     return TrainingSpeed(images_per_second=batch / median, peak_memory_mb=peak, memory_growth_mb=growth,
                          device=str(device), batch=batch, steps=steps, step_seconds=median, precision=precision)
+
+
+@dataclass
+class InferenceSpeed:
+    """Throughput of evaluation-mode forward passes, and the memory they took."""
+
+    slices_per_second: float  # at ``batch`` slices per forward pass
+    ms_per_slice: float  # one slice per forward pass (the official evaluation's loop)
+    peak_memory_mb: float  # as TrainingSpeed's
+    memory_growth_mb: float
+    device: str
+    batch: int
+    repeats: int
+    precision: str = "fp32"
+
+
+@torch.no_grad()
+def measure_inference(model: nn.Module, img_size: int, batch: int = 8, repeats: int = 5, warmup: int = 1,
+                      in_channels: int = 1, device: str | torch.device | None = None,
+                      precision: str = "fp32") -> InferenceSpeed:
+    """Evaluation-mode forward passes on random ``img_size`` slices at ``precision``: slices per second
+    at ``batch`` slices per pass and milliseconds per slice one at a time, each over the median of
+    ``repeats`` timed passes after ``warmup`` untimed ones; and the peak memory of the batched passes.
+
+    The model is moved to ``device`` (default: CUDA if available) and left in eval mode; its weights
+    are not changed. Memory is measured as in :func:`measure_training`.
+    """
+    if repeats < 1 or batch < 1:
+        raise ValueError(f"repeats and batch must be at least 1, got {repeats} and {batch}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).eval()
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, in_channels, img_size, img_size, device=device, generator=g)
+
+    def forward(inputs: torch.Tensor) -> Callable[[], object]:
+        def run() -> object:
+            with autocast(precision, device):
+                return model(inputs)
+        return run
+
+    single = statistics.median(time_steps(forward(x[:1]), repeats, warmup, device))
+    before = _reset_peak_memory(device)
+    batched = statistics.median(time_steps(forward(x), repeats, warmup, device))
+    peak, growth = _peak_memory(device, before)
+    return InferenceSpeed(slices_per_second=batch / batched, ms_per_slice=1000 * single, peak_memory_mb=peak,
+                          memory_growth_mb=growth, device=str(device), batch=batch, repeats=repeats,
+                          precision=precision)

@@ -79,6 +79,13 @@ def _entry(name: str) -> tuple[Builder, WeightsFilter | None]:
                             + "".join(f" (or any '{p}...' name)" for p in _RESOLVERS))
 
 
+def require_models(names: list[str]) -> None:
+    """Raise the registry's ``UnknownModelError`` for the first name ``create_model`` would not know
+    (a command checks its names with this before any work, and nowhere else)."""
+    for name in names:
+        _entry(name)
+
+
 def is_model(name: str) -> bool:
     """Whether ``create_model(name)`` knows the name (registered, or resolvable by a prefix resolver)."""
     try:
@@ -100,26 +107,67 @@ def create_model(
     builder, weights_filter = _entry(name)
     model = builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
     if weights_filter is not None:
-        model.weights_filter = weights_filter  # for loads after this one, e.g. a fine-tuning script's
+        # for loads after this one, e.g. a fine-tuning script's (the ignore: torch annotates
+        # Module.__setattr__ values as Tensor | Module, but any value is stored as a plain attribute)
+        model.weights_filter = weights_filter  # type: ignore[assignment]
+    # what built it, so that ``at_input_size`` can build it again at another size
+    model.built_with = dict(name=name, num_classes=num_classes, in_channels=in_channels,  # type: ignore[assignment]
+                            img_size=img_size, **knobs)
     if weights is not None:
         load_weights(model, weights, weights_filter=weights_filter)
     return model
 
 
-def check_model_args(name: str, num_classes: int = 9, in_channels: int = 1, img_size: int = 224, **knobs) -> None:
-    """Raise the builder's own error (ValueError, TypeError) if ``name`` cannot be built with these
-    arguments, e.g. an input size Swin-Unet's patches and windows cannot tile, or an unknown knob.
-
-    The model is built on the meta device (no memory, no initialisation), or, for a builder that
-    computes with its tensors while building, on the CPU.
-    """
+def _build_cheaply(name: str, num_classes: int, in_channels: int, img_size: int, **knobs) -> nn.Module:
+    """The builder's model on the meta device (no memory, no initialisation), or, for a builder that
+    computes with its tensors while building, on the CPU; the builder's own ValueError / TypeError."""
     builder, _ = _entry(name)
     try:
         with torch.device("meta"):
-            builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
-        return
+            return builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
     except (ValueError, TypeError):
         raise
     except (RuntimeError, NotImplementedError):  # e.g. ``.item()`` on a meta tensor
         pass
-    builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
+    return builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **knobs)
+
+
+def check_model_args(name: str, num_classes: int = 9, in_channels: int = 1, img_size: int = 224, **knobs) -> None:
+    """Raise the builder's own error (ValueError, TypeError) if ``name`` cannot be built with these
+    arguments, e.g. an input size Swin-Unet's patches and windows cannot tile, or an unknown knob.
+    """
+    _build_cheaply(name, num_classes, in_channels, img_size, **knobs)
+
+
+def check_input_size(name: str, size: int, trained_size: int, num_classes: int = 9, in_channels: int = 1,
+                     **knobs) -> None:
+    """Raise ValueError, saying why, unless ``name`` trained at ``trained_size`` can infer at ``size``: the
+    model must build at ``size`` and hold weights of the same names and shapes (Swin-Unet does when the
+    attention window it picks is the same; a window or position table that depends on the size does not)."""
+    args = dict(num_classes=num_classes, in_channels=in_channels, **knobs)
+    try:
+        at = _build_cheaply(name, img_size=size, **args).state_dict()
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    trained = _build_cheaply(name, img_size=trained_size, **args).state_dict()
+    differ = sorted(k for k in set(at) | set(trained)
+                    if k not in at or k not in trained or at[k].shape != trained[k].shape)
+    if differ:
+        raise ValueError(f"its weights at {size} differ from those trained at {trained_size} "
+                         f"({len(differ)} tensors, e.g. {differ[0]})")
+
+
+def at_input_size(model: nn.Module, size: int) -> nn.Module:
+    """``model`` (made by ``create_model``) built again for ``size`` x ``size`` inputs, with its weights, on
+    its device and in its mode; ``model`` itself when it was built at ``size``. ValueError if it cannot be."""
+    args = dict(getattr(model, "built_with", None) or {})
+    if not args:
+        raise ValueError("the model was not made by create_model, so it cannot be built at another size")
+    if args["img_size"] == size:
+        return model
+    name = args.pop("name")
+    check_input_size(name, size, args.pop("img_size"), **args)
+    resized = create_model(name, img_size=size, **args)
+    resized.load_state_dict(model.state_dict())
+    device = next(model.parameters()).device
+    return resized.to(device).train(model.training)

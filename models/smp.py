@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import segmentation_models_pytorch as smp_lib
 import timm
@@ -47,8 +48,9 @@ def build_smp(arch: str, encoder: str, num_classes: int = 9, in_channels: int = 
     """An smp model without pretrained weights; ``kwargs`` go to the architecture's constructor."""
     if "encoder_weights" in kwargs:
         raise ValueError("smp models here never download encoder weights; pass weights=PATH to load a local file")
-    model = ARCHITECTURES[arch.lower()](encoder_name=encoder, encoder_weights=None, in_channels=in_channels,
-                                        classes=num_classes, **kwargs)
+    # Any: smp is untyped, and the attributes set below are ours (torch types Module attributes as Tensor | Module)
+    model: Any = ARCHITECTURES[arch.lower()](encoder_name=encoder, encoder_weights=None, in_channels=in_channels,
+                                             classes=num_classes, **kwargs)
     divisor = model.encoder.output_stride
     if img_size % divisor:
         raise ValueError(f"smp-{arch}-{encoder} needs img_size divisible by {divisor}, got {img_size}")
@@ -74,7 +76,7 @@ def encoder_weights_filter(state: Mapping[str, torch.Tensor], model: nn.Module, 
         return None
     if all(k.startswith("encoder.") for k in state):
         state = {k[len("encoder."):]: v for k, v in state.items()}
-    encoder_keys = set(model.encoder.state_dict())
+    encoder_keys = set(cast(nn.Module, model.encoder).state_dict())
     for inner in ("", "model."):  # smp's own encoders, or its wrapper around a timm backbone ("tu-")
         if any(inner + k in encoder_keys for k in state):
             return Converted("smp_encoder", {f"encoder.{inner}{k}": v for k, v in state.items()}, partial=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -25,7 +26,7 @@ from timm.layers import PatchEmbed, to_2tuple, trunc_normal_
 from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
 
 from models.registry import register_variants
-from models.weights import Converted
+from models.weights import Converted, WeightsFilter
 
 SCALES: dict[str, dict] = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24)),
@@ -163,6 +164,24 @@ def resolve_window_size(img_size: tuple[int, int], window_size: int | None, patc
     return window_size
 
 
+def _check_args(img_size: tuple[int, int], patch_size: int, depths: Sequence[int], num_heads: Sequence[int],
+                skip_connections: int, upsampling: str) -> None:
+    """Refuse, before any tensor is made, what the network cannot be built with."""
+    num_stages = len(depths)
+    divisor = patch_size * 2 ** (num_stages - 1)
+    if len(num_heads) != num_stages:
+        raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
+    if any(s % divisor for s in img_size) or min(img_size) <= 0:
+        raise ValueError(
+            f"img_size {img_size} must be a positive multiple of {divisor} "
+            f"(patch {patch_size} x {num_stages - 1} patch mergings), e.g. 96, 128, 160, 224"
+        )
+    if not 0 <= skip_connections <= num_stages - 1:
+        raise ValueError(f"skip_connections must be in 0..{num_stages - 1}, got {skip_connections}")
+    if upsampling not in _UPSAMPLERS:
+        raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
+
+
 class SwinUnet(nn.Module):
     """Swin-Unet with ablation knobs; the defaults are the paper's Swin-T configuration.
 
@@ -204,18 +223,7 @@ class SwinUnet(nn.Module):
         super().__init__()
         num_stages = len(depths)
         self.img_size = to_2tuple(img_size)
-        divisor = patch_size * 2 ** (num_stages - 1)
-        if len(num_heads) != num_stages:
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} must have the same length")
-        if any(s % divisor for s in self.img_size) or min(self.img_size) <= 0:
-            raise ValueError(
-                f"img_size {self.img_size} must be a positive multiple of {divisor} "
-                f"(patch {patch_size} x {num_stages - 1} patch mergings), e.g. 96, 128, 160, 224"
-            )
-        if not 0 <= skip_connections <= num_stages - 1:
-            raise ValueError(f"skip_connections must be in 0..{num_stages - 1}, got {skip_connections}")
-        if upsampling not in _UPSAMPLERS:
-            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
+        _check_args(self.img_size, patch_size, depths, num_heads, skip_connections, upsampling)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.skip_connections = skip_connections
@@ -234,15 +242,26 @@ class SwinUnet(nn.Module):
         res = [(grid[0] // 2**i, grid[1] // 2**i) for i in range(num_stages)]
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # plain numbers, on any device
         stage_dpr = [dpr[sum(depths[:i]):sum(depths[:i + 1])] for i in range(num_stages)]
-        common = dict(window_size=self.window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                      drop=drop_rate, attn_drop=attn_drop_rate)
+        common: dict[str, Any] = dict(window_size=self.window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                      drop=drop_rate, attn_drop=attn_drop_rate)
 
         self.layers = nn.ModuleList(
             SwinStage(dims[i], res[i], depths[i], num_heads[i], drop_path=stage_dpr[i],
                       downsample=PatchMerging(dims[i]) if i < num_stages - 1 else None, **common)
             for i in range(num_stages)
         )
-        # decoder stage i works at encoder scale j = num_stages-1-i; stage 0 only expands the bottleneck
+        self._build_decoder(dims, res, depths, num_heads, stage_dpr, upsampler, common)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.norm_up = nn.LayerNorm(embed_dim)
+        self.up = upsampler(embed_dim, embed_dim, patch_size)
+        self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
+        self.apply(_init_weights)
+
+    def _build_decoder(self, dims: list[int], res: list[tuple[int, int]], depths: Sequence[int],
+                       num_heads: Sequence[int], stage_dpr: list[list[float]], upsampler, common: dict) -> None:
+        """Decoder stage i works at encoder scale j = num_stages-1-i; stage 0 only expands the bottleneck.
+        (Modules are made in the order their initial weights are drawn in, stage by stage.)"""
+        num_stages = len(depths)
         self.layers_up = nn.ModuleList()
         self.concat_back_dim = nn.ModuleList()
         for i in range(num_stages):
@@ -254,11 +273,6 @@ class SwinUnet(nn.Module):
                 self.layers_up.append(SwinStage(dims[j], res[j], depths[j], num_heads[j], drop_path=stage_dpr[j],
                                                 upsample=up, **common))
             self.concat_back_dim.append(nn.Linear(2 * dims[j], dims[j]) if self._uses_skip(i) else nn.Identity())
-        self.norm = nn.LayerNorm(dims[-1])
-        self.norm_up = nn.LayerNorm(embed_dim)
-        self.up = upsampler(embed_dim, embed_dim, patch_size)
-        self.output = nn.Conv2d(embed_dim, num_classes, kernel_size=1, bias=False)
-        self.apply(_init_weights)
 
     def _uses_skip(self, i: int) -> bool:
         """Decoder stage i fuses the encoder tokens of scale index num_stages-1-i (0 = 1/4) if kept."""
@@ -358,4 +372,5 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-register_variants(build_swinunet, VARIANTS, weights_filter=imagenet_encoder_filter)
+# cast: the filter takes a SwinUnet, and the registry passes it only the models of this builder
+register_variants(build_swinunet, VARIANTS, weights_filter=cast(WeightsFilter, imagenet_encoder_filter))

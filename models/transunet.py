@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from timm.models.resnetv2 import ResNetV2
 from timm.models.vision_transformer import Block
 
 from models.registry import register_variants
-from models.weights import Converted, listing
+from models.weights import Converted, WeightsFilter, listing
 
 SKIP_CHANNELS = (512, 256, 64)  # the R50 maps at 1/8, 1/4, 1/2: the decoder's first three skips
 HEAD_CHANNELS = 512  # the CUP's first convolution, hidden -> 512
@@ -92,11 +93,27 @@ def r50_backbone(in_chans: int, layers: Sequence[int]) -> ResNetV2:
         conv_layer=partial(StdConv2d, eps=1e-5), norm_layer=partial(GroupNormAct, num_groups=32, eps=1e-6),
     )
     backbone.stem.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0)  # official: no padding
+    stage: Any  # an nn.Sequential's item types as Module, whose attributes torch types as Tensor | Module
     for stage in backbone.stages:
         down = stage.blocks[0].downsample
         channels = down.conv.out_channels  # official gn_proj: GroupNorm(C, C), default eps
         down.norm = GroupNormAct(channels, num_groups=channels, eps=1e-5, apply_act=False)
     return backbone
+
+
+def r50_features(backbone: ResNetV2, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The 1/16 map of an :func:`r50_backbone` and its skips at 1/8, 1/4, 1/2 (deepest first)."""
+    stem: Any = backbone.stem  # conv, norm, pool by name: torch types them as Tensor | Module
+    x = stem.norm(stem.conv(x))
+    skips, (h, w) = [x], x.shape[-2:]
+    x = stem.pool(x)
+    for i, stage in enumerate(backbone.stages):
+        x = stage(x)
+        if i < len(backbone.stages) - 1:
+            h, w = h // 2, w // 2
+            # the unpadded stem pool leaves the 1/4 map one pixel short; the official code zero-pads it
+            skips.insert(0, F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])))
+    return x, skips
 
 
 class TransUNet(nn.Module):
@@ -152,9 +169,12 @@ class TransUNet(nn.Module):
         self.pos_drop = nn.Dropout(dropout)
         self.blocks = nn.Sequential(*[
             Block(hidden_size, num_heads, mlp_ratio=mlp_dim / hidden_size, qkv_bias=True, proj_drop=dropout,
-                  attn_drop=attention_dropout, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                  attn_drop=attention_dropout,
+                  # the ignore: timm annotates norm_layer as a class, though its own defaults are partials
+                  norm_layer=partial(nn.LayerNorm, eps=1e-6))  # type: ignore[arg-type]
             for _ in range(num_layers)
         ])
+        block: Any  # Module items, whose attributes torch types as Tensor | Module
         for block in self.blocks:
             # the official attention output dropout uses the attention rate, not the MLP's
             block.attn.proj_drop = nn.Dropout(attention_dropout)
@@ -178,17 +198,7 @@ class TransUNet(nn.Module):
 
     def forward_cnn(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The 1/16 CNN map and the skips at 1/8, 1/4, 1/2 (deepest first, as the decoder takes them)."""
-        stem = self.backbone.stem
-        x = stem.norm(stem.conv(x))
-        skips, (h, w) = [x], x.shape[-2:]
-        x = stem.pool(x)
-        for i, stage in enumerate(self.backbone.stages):
-            x = stage(x)
-            if i < len(self.backbone.stages) - 1:
-                h, w = h // 2, w // 2
-                # the unpadded stem pool leaves the 1/4 map one pixel short; the official code zero-pads it
-                skips.insert(0, F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])))
-        return x, skips
+        return r50_features(self.backbone, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -230,24 +240,14 @@ def _resize_pos_embed(posemb: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
     return torch.from_numpy(zoomed).reshape(1, grid[0] * grid[1], -1)
 
 
-def google_vit_state(npz: Mapping[str, np.ndarray], model: TransUNet) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Our TransUNet keys -> tensors from a Google hybrid-ViT npz, and the npz keys left unused."""
-    prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in npz), None)
-    if prefix is None:
-        raise ValueError(f"not a Google ViT checkpoint: no 'embedding/kernel' among {listing(sorted(npz))}")
-    if f"{prefix}conv_root/kernel" not in npz:
-        raise ValueError("a pure ViT checkpoint (no 'conv_root/kernel'): TransUNet needs the hybrid R50+ViT-B_16.npz")
-    w = {k[len(prefix):]: v for k, v in npz.items() if k.startswith(prefix)}
-    used: set[str] = set()
-
-    def get(key: str, kind: str = "") -> torch.Tensor:
-        used.add(key)
-        return _t(w[key], kind)
-
+def _google_r50(w: Mapping[str, np.ndarray], backbone: ResNetV2, get: Callable[..., torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+    """``backbone.*`` keys from the CNN part of a Google hybrid-ViT npz (``w``: prefix removed)."""
     out = {"backbone.stem.conv.weight": get("conv_root/kernel", "conv"),
            "backbone.stem.norm.weight": get("gn_root/scale", "vector"),
            "backbone.stem.norm.bias": get("gn_root/bias", "vector")}
-    for i, stage in enumerate(model.backbone.stages):
+    stage: Any  # Module items, whose attributes torch types as Tensor | Module
+    for i, stage in enumerate(backbone.stages):
         for j, block in enumerate(stage.blocks):
             src, dst = f"block{i + 1}/unit{j + 1}/", f"backbone.stages.{i}.blocks.{j}."
             names = [(f"conv{r}", f"conv{r}", f"gn{r}", f"norm{r}") for r in (1, 2, 3)]
@@ -259,6 +259,44 @@ def google_vit_state(npz: Mapping[str, np.ndarray], model: TransUNet) -> tuple[d
                 out[f"{dst}{our_conv}.weight"] = get(f"{src}{conv}/kernel", "conv")
                 out[f"{dst}{our_norm}.weight"] = get(f"{src}{gn}/scale", "vector")
                 out[f"{dst}{our_norm}.bias"] = get(f"{src}{gn}/bias", "vector")
+    return out
+
+
+def google_r50_state(npz: Mapping[str, np.ndarray], backbone: ResNetV2
+                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``backbone.*`` keys -> tensors from the CNN of a Google hybrid-ViT npz (``R50+ViT-B_16.npz``), and
+    the npz keys left unused (the ViT's), for networks that take only the R50."""
+    prefix = _npz_prefix(npz)
+    w = {k[len(prefix):]: v for k, v in npz.items() if k.startswith(prefix)}
+    used: set[str] = set()
+
+    def get(key: str, kind: str = "") -> torch.Tensor:
+        used.add(key)
+        return _t(w[key], kind)
+
+    return _google_r50(w, backbone, get), sorted(prefix + k for k in w if k not in used)
+
+
+def _npz_prefix(npz: Mapping[str, np.ndarray]) -> str:
+    prefix = next((p for p in ("", "opt/target/", "params/") if f"{p}embedding/kernel" in npz), None)
+    if prefix is None:
+        raise ValueError(f"not a Google ViT checkpoint: no 'embedding/kernel' among {listing(sorted(npz))}")
+    if f"{prefix}conv_root/kernel" not in npz:
+        raise ValueError("a pure ViT checkpoint (no 'conv_root/kernel'): the R50 needs the hybrid R50+ViT-B_16.npz")
+    return prefix
+
+
+def google_vit_state(npz: Mapping[str, np.ndarray], model: TransUNet) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Our TransUNet keys -> tensors from a Google hybrid-ViT npz, and the npz keys left unused."""
+    prefix = _npz_prefix(npz)
+    w = {k[len(prefix):]: v for k, v in npz.items() if k.startswith(prefix)}
+    used: set[str] = set()
+
+    def get(key: str, kind: str = "") -> torch.Tensor:
+        used.add(key)
+        return _t(w[key], kind)
+
+    out = _google_r50(w, model.backbone, get)
     out["patch_embed.weight"] = get("embedding/kernel", "conv")
     out["patch_embed.bias"] = get("embedding/bias")
     out["pos_embed"] = _resize_pos_embed(get("Transformer/posembed_input/pos_embedding"), model.grid)
@@ -346,4 +384,5 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-register_variants(TransUNet, VARIANTS, weights_filter=checkpoint_filter)
+# cast: the filter takes a TransUNet, and the registry passes it only the models of this builder
+register_variants(TransUNet, VARIANTS, weights_filter=cast(WeightsFilter, checkpoint_filter))

@@ -16,6 +16,7 @@ The model records where its weights came from in ``model.pretrained_from`` and w
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,20 +55,41 @@ class Converted(NamedTuple):
 WeightsFilter = Callable[[Mapping[str, Any], nn.Module, Path], "Converted | None"]
 
 
+def load_problem(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` found wrong, in one short line, without torch's advice to
+    load the file with ``weights_only=False`` or to allowlist what it asks for (the opposite of what
+    to do with a file one does not trust)."""
+    why = ""
+    for line in (s.strip() for s in str(e).splitlines()):
+        if not line or line.startswith(("Weights only load failed", "Check the documentation")):
+            continue
+        why = line.split("WeightsUnpickler error:", 1)[-1].strip()
+        if why:
+            break
+    why = why.split(" was not an allowed global", 1)[0].split(" whose module", 1)[0].split(". Please", 1)[0]
+    if not why or "weights_only" in why:
+        why = "not a file of tensors only"
+    return f"{type(e).__name__}: {why[:200]}"
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors in a local weights file, unwrapped from ``{"model"|"state_dict": ...}``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    obj: object
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         obj = load_file(str(path), device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickles with code in them, or not a torch file at all
-            raise ValueError(f"cannot read {path} as a weights-only torch file: {e}") from e
+            raise ValueError(f"cannot read {path} as a weights-only torch file ({load_problem(e)}); "
+                             "weights are read without running code, a file that needs code is refused") from e
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -169,6 +191,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True,
     model.load_state_dict(usable, strict=False)
     report = LoadReport(path=str(path), format=converted.format, loaded=len(usable), missing=missing,
                         dropped=dropped)
-    model.pretrained_from = str(path)
-    model.weights_report = report
+    # torch annotates Module.__setattr__ values as Tensor | Module, but any value is stored as a plain attribute
+    model.pretrained_from = str(path)  # type: ignore[assignment]
+    model.weights_report = report  # type: ignore[assignment]
     return report

@@ -19,6 +19,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture()
+def bench(capsys, monkeypatch):
+    """``bench ARGS`` in this process, through the entry point's code path: (exit status, stdout, stderr)."""
+    import sys
+
+    from bench.cli import main
+
+    def call(*args: object) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["bench", *map(str, args)])
+        with pytest.raises(SystemExit) as e:
+            main()
+        out, err = capsys.readouterr()
+        return e.value.code, out, err
+
+    return call
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Two training cases and one test volume at 64 x 64: enough for the smoke protocol."""
@@ -35,7 +52,9 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     import torch
 
     from bench.data.resolve import resolve_dataset
-    from bench.engine.runner import RunSpec, execute
+    from bench.engine.runner import execute
+    from bench.engine.runs import RunSpec
+    from bench.engine.settings import RunSettings
     from bench.protocol import load_protocol
 
     protocol = load_protocol("smoke")
@@ -44,8 +63,8 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as one_thread: a tiny model gains nothing from two, and two thrash under load
     try:
-        out = execute(RunSpec("swinunet", 0, protocol.effective_lr(), "protocol"), protocol, ds, results,
-                      torch.device("cpu"), say=lambda *a, **k: None)
+        out = execute(RunSpec("swinunet", 0, protocol.effective_lr(), "protocol"), protocol, ds,
+                      RunSettings(results=results), torch.device("cpu"), say=lambda *a, **k: None)
     finally:
         torch.set_num_threads(threads)
     assert out.status == "complete", out.message

@@ -1,20 +1,22 @@
 """The layout's promises, checked on the source: no import cycles, and imports point one way.
 
-Stages, lowest first: leaf modules (paths, errors, files, env, protocol) and ``models``; then
+Stages, lowest first: leaf modules (paths, errors, files, env, names, urls, protocol) and ``models``; then
 ``bench.data``; ``bench.engine``; ``bench.report`` (it reads what the engine wrote); then
-``bench.experiments``; then ``bench.cli`` (and its ``bench.cli_executor``). A module may import
+``bench.experiments``; then ``bench.cli`` (a package: one module per group of commands). A module may import
 its own stage or a lower one. Imports inside functions count too: a lazy import is still a dependency.
 """
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 from helpers import ROOT
 
 PACKAGES = ("bench", "models")
-STAGES = [("bench.paths", "bench.errors", "bench.files", "bench.env", "bench.protocol", "models"),
+STAGES = [("bench.paths", "bench.errors", "bench.files", "bench.env", "bench.names", "bench.urls", "bench.protocol",
+           "models"),
           ("bench.data",), ("bench.engine",), ("bench.report",), ("bench.experiments",),
-          ("bench.cli", "bench.cli_executor", "bench.__main__")]
+          ("bench.cli", "bench.__main__")]
 
 
 def _module_name(path) -> str:
@@ -108,3 +110,10 @@ def test_imports_point_one_way():
 def test_models_know_nothing_of_the_harness():
     assert [f"{m} imports {d}" for m, deps in _modules().items() if m.startswith("models")
             for d in deps if d.startswith("bench")] == []
+
+
+def test_test_files_have_unique_names():
+    """pytest imports test modules by file name (rootdir insertion): two test_x.py in two folders
+    stop the whole collection, so CI would run nothing."""
+    names = sorted(p.name for p in Path(__file__).parent.rglob("test_*.py"))
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -68,7 +68,7 @@ def find_acdc(raw: Path) -> dict[int, list[tuple[str, Path, Path]]]:
 def prepare_acdc(raw: Path, out: Path, say=print) -> Path:
     """Convert ACDC and store the paper split (lists + splits.json)."""
     patients = find_acdc(raw)
-    split = {"train": [], "val": [], "test": []}
+    split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     train_slices = []
     with layout.building(out) as tmp:
         for i, (p, frames) in enumerate(patients.items()):

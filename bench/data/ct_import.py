@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,7 +32,7 @@ BTCV_TEST = ("0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "00
 
 
 def check_case_id(case: str) -> str:
-    """The one case-name rule (bench.data.names), and no '_slice': slice names are made from it."""
+    """The one case-name rule (bench.names), and no '_slice': slice names are made from it."""
     check_case_name(case, "--case-id")
     if "_slice" in case:
         raise BenchError(f"--case-id '{case}': may not contain '_slice' (slice names are <case>_sliceNNN), "
@@ -46,12 +47,28 @@ def read_image(path: Path) -> sitk.Image:
         raise BenchError(f"{path}: not found")
     sitk.ProcessObject_SetGlobalWarningDisplay(False)  # problems are raised here, one line each
     if path.is_dir():
-        return _read_dicom_series(path)
-    _check_complete(path)
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise BenchError(f"{path}: unreadable image file ({_first_line(e)})") from None
+        image = _read_dicom_series(path)
+    else:
+        _check_complete(path)
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            raise BenchError(f"{path}: unreadable image file ({_first_line(e)})") from None
+    check_voxel_type(image, path)
+    return image
+
+
+# integer and floating-point voxels (one or more components); complex ones are no CT, MR or label
+_VOXEL_TYPES = {getattr(sitk, f"sitk{vector}{kind}") for vector in ("", "Vector")
+                for kind in ("Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+                             "Float32", "Float64")}
+
+
+def check_voxel_type(image: sitk.Image, path: Path) -> None:
+    """Refuse voxels that no reader here handles (complex numbers): one line, not ITK's exception."""
+    if image.GetPixelID() not in _VOXEL_TYPES:
+        raise BenchError(f"{path}: voxel type {image.GetPixelIDTypeAsString()} is not supported "
+                         "(use integer or floating-point voxels)")
 
 
 def _check_complete(path: Path) -> None:
@@ -61,7 +78,7 @@ def _check_complete(path: Path) -> None:
     import nibabel as nib
 
     try:
-        data = np.asanyarray(nib.load(path).dataobj)
+        data = np.asanyarray(cast(nib.Nifti1Image, nib.load(path)).dataobj)  # a .nii(.gz) file: NIfTI-1 or -2
     except Exception as e:  # truncated gzip stream, short file, not a NIfTI header...
         raise BenchError(f"{path}: unreadable image file ({type(e).__name__}: {_first_line(e)})") from None
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
@@ -211,10 +228,18 @@ def check_image(array: np.ndarray, path: Path) -> None:
         raise BenchError(f"{path}: image is constant ({array.flat[0]}); nothing to segment")
 
 
-def ct_window(hu: np.ndarray, window: tuple[float, float], path: Path) -> np.ndarray:
+def check_window(window: tuple[float, float], where: str = "--window") -> tuple[float, float]:
+    """(LO, HI) as floats: two finite numbers, LO below HI (an infinite window scales every voxel to NaN or 0)."""
     lo, hi = (float(w) for w in window)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise BenchError(f"{where} {lo:g} {hi:g}: LO and HI must be finite numbers (Hounsfield units)")
     if not lo < hi:
-        raise BenchError(f"--window {lo:g} {hi:g}: LO must be below HI")
+        raise BenchError(f"{where} {lo:g} {hi:g}: LO must be below HI")
+    return lo, hi
+
+
+def ct_window(hu: np.ndarray, window: tuple[float, float], path: Path) -> np.ndarray:
+    lo, hi = check_window(window)
     out = ((np.clip(hu.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
     if out.min() == out.max():
         raise BenchError(f"{path}: image is constant inside the window [{lo:g}, {hi:g}]; "
@@ -234,14 +259,15 @@ def load_pair(image_path: Path, label_path: Path, label_map: LabelMap,
     hu = sitk.GetArrayFromImage(image)  # (z, y, x)
     check_image(hu, image_path)
     lab = label_map.apply(sitk.GetArrayFromImage(label), str(label_path))
-    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
-    return normalize(hu, image_path), lab, spacing, grid_of(image)
+    sz, sy, sx = reversed(image.GetSpacing())  # read_volume checked that it is 3D
+    return normalize(hu, image_path), lab, (float(sz), float(sy), float(sx)), grid_of(image)
 
 
 def import_case(image: Path, label: Path, label_map: LabelMap, case: str, out: Path,
                 window: tuple[float, float] = CT_WINDOW, split: str = "train") -> dict:
     """``bench data import``: one CT case into a dataset folder. Returns a short summary."""
     check_case_id(case)
+    window = check_window(window)
     if split not in ("train", "test"):
         raise BenchError(f"--split must be train or test, got '{split}'")
     img, lab, spacing, grid = load_pair(image, label, label_map, lambda a, p: ct_window(a, window, p))
@@ -275,6 +301,7 @@ def find_btcv(raw: Path) -> dict[str, tuple[Path, Path]]:
 
 def prepare_btcv(raw: Path, out: Path, window: tuple[float, float] = CT_WINDOW, say=print) -> Path:
     """The Synapse preprocessing of raw BTCV: window, remap ids, official 18 / 12 split."""
+    window = check_window(window)
     pairs = find_btcv(raw)
     train_slices, test_cases = [], []
     with layout.building(out) as tmp:

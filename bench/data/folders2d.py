@@ -14,7 +14,8 @@ files' content), so the engine and every model see it like any other dataset:
   convention (``mask_values``: ``0/255`` or ``class ids``) so predictions can be written back in it.
 - masks: binary 0/255 or 0/1 (-> 0/1), or class indices 0..K (grayscale or palette PNG). An
   optional ``classes.txt`` names the classes 1..K, one per line (a first line "background" is
-  skipped); without it the classes are ``foreground`` (binary) or ``class_1`` ... ``class_K``.
+  skipped); without it the classes are ``foreground`` (binary) or ``class_1`` ... ``class_K``, and
+  each of 1..K must be in some mask (a stray 200 among 0..3 is refused, not a 201-class dataset).
 - each image becomes a training slice ``<id>_slice000.npz`` and a one-slice test volume
   ``<id>.npy.h5`` (no spacing: distances are in pixels). Training resizes to the protocol's
   input size; evaluation predicts at the native size.
@@ -33,7 +34,7 @@ from PIL import Image
 
 from bench.data import layout
 from bench.data.labelmaps import label_values
-from bench.data.splits import SPLITS, random_split, read_splits, splits_path, write_splits
+from bench.data.splits import splits_path, stored_split
 from bench.data.synapse import Dataset, open_synapse
 from bench.errors import BenchError
 from bench.paths import cache_dir
@@ -43,6 +44,11 @@ EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 CLASS_FILE = "classes.txt"
 TEST_FRACTION, SPLIT_SEED = 0.2, 0
 IGNORED = {"thumbs.db", "desktop.ini"}
+
+
+def file_channels(path: Path) -> int:
+    """3 for a file in a colour mode (RGB, RGBA, palette...: three channels once read), else 1."""
+    return 3 if _open(path).mode in COLOUR_MODES else 1
 
 
 def is_image_folder(root: Path) -> bool:
@@ -75,7 +81,8 @@ def case_id(stem: str) -> str:
 def pair(root: Path) -> dict[str, tuple[Path, Path]]:
     """case id -> (image, mask); every image needs a mask and every mask an image."""
     images, masks = _listing(root / "images"), _listing(root / "masks")
-    pairs, used = {}, set()
+    pairs: dict[str, tuple[Path, Path]] = {}
+    used: set[str] = set()
     for stem, img in images.items():
         mask_stem = stem if stem in masks else f"{stem}_mask" if f"{stem}_mask" in masks else None
         if mask_stem is None:
@@ -99,8 +106,9 @@ def _open(path: Path) -> Image.Image:
         im.load()
     except Exception as e:  # truncated, not an image, unsupported TIFF compression...
         raise BenchError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-    if getattr(im, "n_frames", 1) > 1:
-        raise BenchError(f"{path}: {im.n_frames} frames; one 2D image per file please")
+    n_frames = getattr(im, "n_frames", 1)  # only multi-frame formats (TIFF, GIF) have it
+    if n_frames > 1:
+        raise BenchError(f"{path}: {n_frames} frames; one 2D image per file please")
     return im
 
 
@@ -199,6 +207,8 @@ def class_encoding(root: Path, masks: dict[str, Path], values: dict[str, set[int
                          f"{masks[first].name} uses 255; binary masks are 0/255 or 0/1, class masks 0..K"
                          + _jpeg_hint(masks[other]))
     k = len(names) if names is not None else (1 if binary255 else max(union))
+    if names is None and not binary255:
+        _check_no_gap(masks, values, k)
     if k > 255:
         first = next(c for c, v in values.items() if max(v) > 255)
         raise BenchError(f"{masks[first]}: mask value {max(values[first])}; at most 255 classes")
@@ -211,6 +221,26 @@ def class_encoding(root: Path, masks: dict[str, Path], values: dict[str, set[int
     if names is None:
         names = ["foreground"] if k == 1 else [f"class_{i}" for i in range(1, k + 1)]
     return {i + 1: n for i, n in enumerate(names)}, binary255
+
+
+def _check_no_gap(masks: dict[str, Path], values: dict[str, set[int]], k: int) -> None:
+    """Classes read from the masks alone must each be in some mask: one stray value (200 among
+    0..3) would otherwise make a 201-class dataset. classes.txt declares classes no mask holds."""
+    union = set().union(*values.values())
+    missing = sorted(set(range(1, k + 1)) - union)
+    if not missing:
+        return
+    gap = missing[0]
+    above = {v for v in union if v > gap}
+    cid = next(c for c, v in values.items() if v & above)
+    stray = sorted(values[cid] & above)
+    held = "background 0" if gap == 1 else f"the classes 0..{gap - 1}"
+    run = [v for v in missing if v < min(above)]
+    hole = str(run[0]) if len(run) == 1 else f"{run[0]}..{run[-1]}"
+    raise BenchError(f"{masks[cid]}: mask value{'s' if len(stray) > 1 else ''} {', '.join(map(str, stray[:5]))} "
+                     f"beyond {held} that the masks hold (no mask holds {hole}); class masks hold 0..K with every "
+                     f"class in some mask: fix the mask, or name the K classes in {CLASS_FILE}"
+                     + _jpeg_hint(masks[cid]))
 
 
 def _jpeg_hint(path: Path) -> str:
@@ -258,28 +288,8 @@ def convert(root: Path, pairs: dict[str, tuple[Path, Path]], out: Path, say=prin
                               mask_values=MASK_255 if fold255 else MASK_IDS,
                               files={cid: [str(p.relative_to(root)) for p in pr] for cid, pr in pairs.items()})
     except OSError:
-        if not (out / layout.META).exists():  # another process converting the same folder won
+        if not layout.files(out).meta.exists():  # another process converting the same folder won
             raise
-
-
-def _split(root: Path, ids: list[str], say=print) -> dict:
-    """The stored split of the folder, made (seeded) on first use; must cover exactly these ids."""
-    doc = read_splits(root)
-    path = splits_path(root)
-    if doc is None:
-        train, test = random_split(ids, TEST_FRACTION, SPLIT_SEED)
-        doc = {"seed": SPLIT_SEED, "train": train, "test": test}
-        write_splits(root, doc)
-        say(f"split {len(train)} training / {len(test)} test images (seed {SPLIT_SEED}) -> {path}")
-        return doc
-    listed = set(doc["train"]) | set(doc["test"]) | set(doc.get("val", []))
-    if listed - set(ids):
-        raise BenchError(f"{path}: lists '{sorted(listed - set(ids))[0]}', which is not in {root / 'images'}; "
-                         f"delete {SPLITS} to split again")
-    if set(ids) - listed:
-        raise BenchError(f"{path}: image '{sorted(set(ids) - listed)[0]}' is in no split; "
-                         f"add it or delete {SPLITS} to split again")
-    return doc
 
 
 def open_folder(root: Path, say=print) -> Dataset:
@@ -290,17 +300,18 @@ def open_folder(root: Path, say=print) -> Dataset:
     out = cache_dir() / "images2d" / f"{case_id(root.resolve().name)}-{fingerprint(root, pairs)}"
     if layout.read_meta(out) is None:
         convert(root, pairs, out, say=say)
-    doc = _split(root, sorted(pairs), say=say)
+    doc = stored_split(root, sorted(pairs), root / "images", "image", TEST_FRACTION, SPLIT_SEED, say)
     meta = layout.read_meta(out)
+    assert meta is not None  # present before, or written by convert()
     split_file = str(splits_path(root).resolve())
     if meta.get("splits_file") != split_file:
         layout.write_meta(out, meta["organs"], **{k: v for k, v in meta.items() if k != "organs"}
                           | {"splits_file": split_file})
     train = sorted(doc["train"] + doc.get("val", []))
     want = ("".join(f"{layout.slice_name(c, 0)}\n" for c in train), "".join(f"{c}\n" for c in doc["test"]))
-    if (_text(out / layout.TRAIN_LIST), _text(out / layout.TEST_LIST)) != want:
-        layout.atomic_text(out / layout.TRAIN_LIST, want[0])
-        layout.atomic_text(out / layout.TEST_LIST, want[1])
+    if (_text(layout.files(out).train_list), _text(layout.files(out).test_list)) != want:
+        layout.atomic_text(layout.files(out).train_list, want[0])
+        layout.atomic_text(layout.files(out).test_list, want[1])
     return replace(open_synapse(out, root.resolve().name, meta["organs"]), channels=int(meta.get("channels", 1)))
 
 

@@ -17,19 +17,23 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
-from scipy import ndimage
 
 from bench.data import folders2d
-from bench.data.ct_import import canonical, check_image, ct_window, on_grid, read_volume, restore_grid
+from bench.data.ct_import import (
+    canonical,
+    check_image,
+    check_same_grid,
+    ct_window,
+    on_grid,
+    read_volume,
+    restore_grid,
+)
 from bench.data.preprocessing import Preprocessing
 from bench.errors import BenchError
 from bench.files import atomic_write
 
 VOLUME_EXTS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 IMAGE_EXTS = tuple(sorted(folders2d.EXTS))
-# contour colours of classes 1, 2, ... (tab10 without its grey)
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (188, 189, 34), (23, 190, 207)]
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,8 @@ def find_inputs(path: Path) -> tuple[list[Input], list[Path]]:
         raise BenchError(f"--input {path}: empty folder")
     files = [p for p in entries if p.is_file()]
     typed = [(p, _kind(p)) for p in files]
-    if files and not any(k for _, k in typed):
-        return [Input(path.name, path, "volume")], []  # the folder is one DICOM series
+    if files and not any(k for _, k in typed):  # the folder is one DICOM series, named as the folder
+        return [Input(path.resolve().name, path, "volume")], []  # (`--input .` names the current folder)
     inputs = [Input(k[1], p, k[0]) for p, k in typed if k]
     inputs += [Input(d.name, d, "volume") for d in entries if d.is_dir() and _visible(d)]
     skipped = [p for p, k in typed if not k]
@@ -107,6 +111,19 @@ def write_volume_mask(label: np.ndarray, oriented: sitk.Image, original: sitk.Im
     image = restore_grid(label.astype(np.uint8), oriented, original) if oriented is not original else \
         on_grid(label.astype(np.uint8), original)
     write_nifti(image, out)
+
+
+def image_on_grid(array: np.ndarray, grid: dict) -> sitk.Image:
+    """A (z, y, x) array (or z, y, x, c: a vector image) on a test volume's recorded grid
+    (``bench.data.synapse.volume_grid``); what the grid does not record stays ITK's default."""
+    image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+    if "spacing" in grid:
+        image.SetSpacing(tuple(reversed(grid["spacing"])))  # (z, y, x) -> ITK's (x, y, z)
+    if "origin" in grid:
+        image.SetOrigin(grid["origin"])
+    if "direction" in grid:
+        image.SetDirection(grid["direction"])
+    return image
 
 
 def write_nifti(image: sitk.Image, out: Path) -> None:
@@ -145,22 +162,54 @@ def write_png(array: np.ndarray, out: Path) -> None:
     atomic_write(out, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """The image (H x W or H x W x 3 in [0, 1]) as RGB uint8 with each class's contour in its colour
-    (inside the class, one pixel wide per 256 pixels of the image's shorter side)."""
-    rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-    lo, hi = float(rgb.min()), float(rgb.max())
-    out = (255 * (rgb - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
-    width = max(1, round(min(label.shape) / 256))
-    for k in np.unique(label):
-        if k == 0:
-            continue
-        mask = label == k
-        inner = ndimage.binary_erosion(mask, iterations=width, border_value=1)
-        out[mask & ~inner] = PALETTE[(int(k) - 1) % len(PALETTE)]
-    return out
-
-
 def busiest_slice(label: np.ndarray) -> int:
     """The axial slice with the most foreground (for a volume's overlay)."""
     return int(np.argmax((label > 0).reshape(label.shape[0], -1).sum(axis=1)))
+
+
+def match_references(inputs: list[Input], reference: Path) -> dict[str, Path]:
+    """``--reference``: the reference mask of each input, by name; a mask file for a single input, or a folder
+    holding ``<name>.png`` / ``<name>.nii.gz`` (any image or volume extension) for every input."""
+    reference = Path(reference)
+    if not reference.exists():
+        raise BenchError(f"--reference {reference}: not found")
+    if reference.is_file():
+        if len(inputs) != 1:
+            raise BenchError(f"--reference {reference}: one mask for {len(inputs)} inputs; give a folder of "
+                             "masks named like the inputs (<name>.png, <name>.nii.gz)")
+        return {inputs[0].name: reference}
+    found: dict[str, Path] = {}
+    for path in _visible(reference):
+        kind = _kind(path)
+        if kind is not None:
+            found.setdefault(kind[1], path)
+    missing = [inp.name for inp in inputs if inp.name not in found]
+    if missing:
+        raise BenchError(f"--reference {reference}: no mask for {len(missing)} input(s): {', '.join(missing[:10])} "
+                         "(expected <name>.png or <name>.nii.gz beside the others)")
+    return {inp.name: found[inp.name] for inp in inputs}
+
+
+def read_reference(path: Path, inp: Input, prep: Preprocessing, like: sitk.Image | None, shape: tuple[int, ...],
+                   num_classes: int) -> np.ndarray:
+    """A reference mask of ``inp`` as class ids in the layout of its image array: a volume reoriented as the
+    input was (and refused off its grid, ``like``: the reoriented input), a 2D mask in the training masks'
+    convention (0/255 read as class 1)."""
+    if inp.kind == "volume":
+        mask = read_volume(path)
+        mask = canonical(mask) if prep.orient else mask
+        if like is not None:
+            check_same_grid(like, mask, path, ("reference", "input"))
+        arr = sitk.GetArrayFromImage(mask).astype(np.int64)
+    else:
+        arr = folders2d.read_mask(path)
+        if prep.mask_values == folders2d.MASK_255 or set(np.unique(arr)) <= {0, 255}:
+            arr = (arr > 0).astype(np.int64)
+    if arr.shape != tuple(shape):
+        raise BenchError(f"--reference {path}: {'x'.join(map(str, arr.shape))}, the input {inp.path} is "
+                         f"{'x'.join(map(str, shape))}")
+    bad = sorted(int(v) for v in np.unique(arr) if not 0 <= v < num_classes)
+    if bad:
+        raise BenchError(f"--reference {path}: label values {bad[:8]} are not classes 0..{num_classes - 1} "
+                         "of the model")
+    return arr

@@ -11,6 +11,9 @@ Shipped maps: ``btcv`` (raw BTCV / Synapse ids 0..13 -> the eight Synapse organs
     organs: {1: liver, 2: spleen}      # target id -> class name (default: the Synapse organs)
     map: {5: 1, 1: 2}                  # source id -> target id
     source_ids: 0-117                  # optional, "lo-hi" or a list; default: 0 and the map's keys
+
+Source ids are label values of at most 16 bits (0..65535): a range beyond that is refused where the
+file is read, before a set or lookup table of every id is built.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import yaml
 from bench.data.organs import SYNAPSE_ORGANS
 from bench.errors import BenchError
 
+MAX_SOURCE_ID = 65535  # 16-bit label values; every id is held in a set and a lookup table
 
 @dataclass(frozen=True)
 class LabelMap:
@@ -107,21 +111,26 @@ def _int_dict(value, path: Path, key: str, kind) -> dict:
         raise BenchError(f"{path}: '{key}' must map integer ids to {kind.__name__} values") from None
     if min(out) < 0 or (kind is int and (min(out.values()) < 0 or max(out.values()) > 255)):
         raise BenchError(f"{path}: '{key}' ids must be >= 0 (and targets at most 255)")
+    if key == "map" and max(out) > MAX_SOURCE_ID:
+        raise BenchError(f"{path}: 'map' source id {max(out)} is beyond 16-bit label values (0..{MAX_SOURCE_ID})")
     return out
 
 
 def _source_ids(value, path: Path) -> set[int]:
+    """The ids of 'lo-hi' or a list, each within 0..MAX_SOURCE_ID (checked before a range is expanded)."""
+    rule = f"'source_ids' must be 'lo-hi' (lo <= hi) or a list of integers, within 0..{MAX_SOURCE_ID}"
     try:
-        if isinstance(value, str) and "-" in value:
+        span = isinstance(value, str) and "-" in value
+        if span:
             lo, hi = (int(v) for v in value.split("-", 1))
-            ids = set(range(lo, hi + 1))
+            bounds = [lo, hi] if lo <= hi else []
         else:
-            ids = {int(v) for v in value}
+            bounds = [int(value)] if isinstance(value, str | int) else [int(v) for v in value]
     except (TypeError, ValueError):
-        ids = set()
-    if not ids or min(ids) < 0:
-        raise BenchError(f"{path}: 'source_ids' must be 'lo-hi' or a list of integers >= 0")
-    return ids
+        bounds = []
+    if not bounds or min(bounds) < 0 or max(bounds) > MAX_SOURCE_ID:
+        raise BenchError(f"{path}: {rule}" + (f", got {value}" if isinstance(value, str | int) else ""))
+    return set(range(bounds[0], bounds[1] + 1)) if span else set(bounds)
 
 
 def _describe(ids: frozenset[int]) -> str:

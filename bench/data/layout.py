@@ -10,6 +10,9 @@ subset) can use it without converting again:
     lists/lists_Synapse/test_vol.txt  the cases it tests on
     dataset.json                      class names ("organs") and where the data came from
 
+nnU-Net v2 also names its description ``dataset.json``; ``is_nnunet_meta`` is the one rule that
+tells the two apart (ours always has ``organs``, nnU-Net's never does and has ``labels``).
+
 A whole dataset is built in a hidden sibling folder and renamed into place; one case added to an
 existing folder is staged, moved in, and committed by the final rewrite of its list file, and
 rolled back on any error before that.
@@ -22,18 +25,63 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from bench.data.synapse import LIST_DIR
 from bench.errors import BenchError
 from bench.files import atomic_text
 
+LIST_DIR = Path("lists") / "lists_Synapse"
 META = "dataset.json"
 TRAIN_LIST = LIST_DIR / "train.txt"
 TEST_LIST = LIST_DIR / "test_vol.txt"
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where a dataset in the Synapse layout keeps each of its files: the one place they are spelled."""
+
+    root: Path
+
+    @property
+    def slice_dir(self) -> Path:
+        return self.root / "train_npz"
+
+    @property
+    def volume_dir(self) -> Path:
+        return self.root / "test_vol_h5"
+
+    @property
+    def list_dir(self) -> Path:
+        return self.root / LIST_DIR
+
+    @property
+    def train_list(self) -> Path:
+        return self.root / TRAIN_LIST
+
+    @property
+    def test_list(self) -> Path:
+        return self.root / TEST_LIST
+
+    @property
+    def meta(self) -> Path:
+        return self.root / META
+
+    def slice(self, name: str) -> Path:
+        """A training slice: ``train_npz/<case>_sliceNNN.npz``."""
+        return self.slice_dir / f"{name}.npz"
+
+    def volume(self, case: str) -> Path:
+        """A test volume: ``test_vol_h5/<case>.npy.h5``."""
+        return self.volume_dir / f"{case}.npy.h5"
+
+
+def files(root: Path | str) -> Files:
+    """The file paths of the dataset at ``root``."""
+    return Files(Path(root))
 
 
 def slice_name(case: str, k: int) -> str:
@@ -48,14 +96,15 @@ def write_case(root: Path, case: str, image: np.ndarray, label: np.ndarray,
     into the volume's attributes beside the spacing."""
     if image.shape[:3] != label.shape or image.ndim not in (3, 4) or label.ndim != 3:
         raise ValueError(f"image {image.shape} and label {label.shape} must be D x H x W (image: or D x H x W x C)")
-    (root / "train_npz").mkdir(parents=True, exist_ok=True)
-    (root / "test_vol_h5").mkdir(parents=True, exist_ok=True)
+    where = files(root)
+    where.slice_dir.mkdir(parents=True, exist_ok=True)
+    where.volume_dir.mkdir(parents=True, exist_ok=True)
     image, label = image.astype(np.float32), label.astype(np.uint8)
     names = []
     for k in range(image.shape[0]):
         names.append(slice_name(case, k))
-        np.savez(root / "train_npz" / f"{names[-1]}.npz", image=image[k], label=label[k])
-    with h5py.File(root / "test_vol_h5" / f"{case}.npy.h5", "w") as f:
+        np.savez(where.slice(names[-1]), image=image[k], label=label[k])
+    with h5py.File(where.volume(case), "w") as f:
         for key, data in (("image", image), ("label", label)):
             f.create_dataset(key, data=data, chunks=(1, *data.shape[1:]), compression="gzip", compression_opts=1)
         if spacing is not None:
@@ -75,13 +124,23 @@ def write_meta(root: Path, organs: dict[int, str], **extra) -> None:
     atomic_text(root / META, json.dumps(meta, indent=1) + "\n")
 
 
+def is_nnunet_meta(doc: object) -> bool:
+    """Is this dataset.json nnU-Net v2's (``labels`` with ``channel_names`` or v1's ``modality``) rather
+    than ours? Ours always has ``organs`` (every writer here puts it there), nnU-Net's never does."""
+    return (isinstance(doc, dict) and "organs" not in doc and "labels" in doc
+            and ("channel_names" in doc or "modality" in doc))
+
+
 def read_meta(root: Path) -> dict | None:
-    """dataset.json as a dict (organs with int keys), None when the folder has none."""
+    """dataset.json as a dict (organs with int keys), None when the folder has none of ours (none at
+    all, or nnU-Net's: ``is_nnunet_meta``)."""
     path = Path(root) / META
     if not path.exists():
         return None
     try:
         meta = json.loads(path.read_text())
+        if is_nnunet_meta(meta):
+            return None
         meta["organs"] = {int(k): str(v) for k, v in meta["organs"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise BenchError(f"{path}: unreadable dataset description ({type(e).__name__}: {e})") from None
@@ -125,7 +184,7 @@ def add_case(out: Path, case: str, image: np.ndarray, label: np.ndarray, spacing
     if out.is_dir() and meta is None and any(out.iterdir()):
         raise BenchError(f"{out}: not empty and not a dataset made by `bench data import` (no {META})")
     train, test = _lines(out / TRAIN_LIST), _lines(out / TEST_LIST)
-    if (out / "test_vol_h5" / f"{case}.npy.h5").exists() or case in test or any(
+    if files(out).volume(case).exists() or case in test or any(
             s.rsplit("_slice", 1)[0] == case for s in train):
         raise BenchError(f"{out}: case '{case}' is already there; choose another --case-id")
     created = not out.exists()
@@ -135,11 +194,12 @@ def add_case(out: Path, case: str, image: np.ndarray, label: np.ndarray, spacing
     new_meta = meta is None
     try:
         names = write_case(stage, case, image, label, spacing, grid)
-        for sub in ("train_npz", "test_vol_h5"):
-            (out / sub).mkdir(exist_ok=True)
-            for f in sorted((stage / sub).iterdir()):
-                os.replace(f, out / sub / f.name)
-                moved.append(out / sub / f.name)
+        for sub in ("slice_dir", "volume_dir"):
+            target = getattr(files(out), sub)
+            target.mkdir(exist_ok=True)
+            for f in sorted(getattr(files(stage), sub).iterdir()):
+                os.replace(f, target / f.name)
+                moved.append(target / f.name)
         cases = sorted({*(meta or {}).get("cases", {}), case})
         sources = {**(meta or {}).get("cases", {}), case: source}
         write_meta(out, organs, cases={c: sources[c] for c in cases})

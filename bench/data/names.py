@@ -1,44 +1,20 @@
-"""Case names: one rule for every source (list files, splits.json, image folders, ``--case-id``).
+"""Case names: every source (list files, splits.json, image folders, ``--case-id``) follows the
+one name rule of ``bench.names``.
 
 A case name becomes a file name (``predictions/<case>.npz``, ``test_vol_h5/<case>.npy.h5``), so it
-must not be able to point anywhere else: no path separators, no '..', no leading dot, nothing
-unprintable. A list line that breaks the rule is named by file and line.
+must not be able to point anywhere else. A list line that breaks the rule is named by file and line.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from bench.errors import BenchError
-
-MAX_LENGTH = 200
-RULE = "case names may not contain '/', '\\\\' or '..', start with '.' or hold unprintable characters"
-
-
-def name_problem(name: str) -> str | None:
-    """What is wrong with ``name`` as a case (or slice) name, or None."""
-    if not name:
-        return "is empty"
-    if len(name) > MAX_LENGTH:
-        return f"is longer than {MAX_LENGTH} characters"
-    if "/" in name or "\\" in name:
-        return "contains a path separator"
-    if ".." in name:
-        return "contains '..'"
-    if name.startswith("."):
-        return "starts with '.'"
-    if not name.isprintable():
-        return "contains an unprintable character"
-    if name != name.strip():
-        return "starts or ends with a space"
-    return None
+from bench.names import check_name
 
 
 def check_case_name(name: str, where: str) -> str:
-    """``name`` if it follows the rule; else a BenchError naming ``where`` it came from."""
-    problem = name_problem(name)
-    if problem is not None:
-        raise BenchError(f"{where}: case name {name!r} {problem} ({RULE})")
-    return name
+    """``name`` if it follows the name rule (``bench.names``); else a BenchError naming ``where`` it came from."""
+    return check_name(name, where, "case name")
 
 
 def read_names(path: Path) -> list[str]:

@@ -1,9 +1,10 @@
 """What a dataset's images went through before training, so new images can go through the same.
 
 ``describe(ds)`` reads it from the dataset folder (``dataset.json`` written by import, the
-adapters and the 2D converter; ``synth.json`` of the synthetic abdomen; neither for the
-official preprocessed Synapse files) and every run records it in its manifest
-(``dataset.preprocessing``); ``bench predict`` applies it to new scans and images.
+adapters, the 2D converter and the nnU-Net converter, which records its own decision;
+``synth.json`` of the synthetic abdomen; neither for the official preprocessed Synapse files)
+and every run records it in its manifest (``dataset.preprocessing``); ``bench predict`` applies
+it to new scans and images.
 """
 from __future__ import annotations
 
@@ -48,10 +49,12 @@ def describe_folder(root: Path, channels: int = 1) -> Preprocessing:
     if meta is None:
         # synth.json (the synthetic abdomen) or the official preprocessed files: the Synapse CT window
         return Preprocessing("volume", channels)
+    source = meta.get("source")
+    if isinstance(source, dict) and source.get("kind") == "nnunet":  # decided when converted (bench.data.nnunet)
+        return Preprocessing.from_dict(source["preprocessing"])
     if "mask_values" in meta or "files" in meta:  # a converted 2D image folder (bench.data.folders2d)
         return Preprocessing("image2d", int(meta.get("channels", channels)), None, False,
                              meta.get("mask_values", "class ids"))
-    source = meta.get("source")
     if isinstance(source, dict) and source.get("kind") == "acdc":
         return Preprocessing("volume", channels, None, False)
     if isinstance(source, dict) and source.get("window"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data import layout
 from bench.data.layout import read_meta
 from bench.data.names import check_case_name
 from bench.data.synapse import Dataset, case_of, validation_split
@@ -108,6 +109,28 @@ def random_split(cases: list[str], fraction: float, seed: int) -> tuple[list[str
     return [c for c in cases if c not in drawn], sorted(drawn)
 
 
+def stored_split(root: Path, ids: list[str], where: Path, what: str = "case", fraction: float = 0.2, seed: int = 0,
+                 say=print) -> dict:
+    """The split file of a folder of cases (``ids``, found in ``where``), drawn (seeded, ``fraction`` to
+    test) and written on first use; a stored one must list exactly these ids."""
+    doc = read_splits(root)
+    path = splits_path(root)
+    if doc is None:
+        train, test = random_split(ids, fraction, seed)
+        doc = {"seed": seed, "train": train, "test": test}
+        write_splits(root, doc)
+        say(f"split {len(train)} training / {len(test)} test {what}s (seed {seed}) -> {path}")
+        return doc
+    listed = set(doc["train"]) | set(doc["test"]) | set(doc.get("val", []))
+    if listed - set(ids):
+        raise BenchError(f"{path}: lists '{sorted(listed - set(ids))[0]}', which is not in {where}; "
+                         f"delete {SPLITS} to split again")
+    if set(ids) - listed:
+        raise BenchError(f"{path}: {what} '{sorted(set(ids) - listed)[0]}' is in no split; "
+                         f"add it or delete {SPLITS} to split again")
+    return doc
+
+
 def make_folds(cases: list[str], k: int, seed: int) -> list[dict]:
     """K folds over the cases: a seeded permutation dealt round-robin."""
     cases = sorted(cases)
@@ -153,7 +176,7 @@ def split_dataset(ds: Dataset, folds: int | None, val_fraction: float | None, se
 def _view(ds: Dataset, name: str, train: set[str], val: list[str]) -> Dataset:
     slices = [s for s in ds.train_slices if case_of(s) in train]
     # volumes written next to the slices (every dataset made here has them) keep their spacing
-    h5 = all((ds.root / "test_vol_h5" / f"{c}.npy.h5").exists() for c in val)
+    h5 = all(layout.files(ds.root).volume(c).exists() for c in val)
     if not h5 and not set(val) <= {case_of(s) for s in ds.train_slices}:
         raise BenchError(f"{ds.root}: validation cases have neither volumes nor listed slices")
     return Dataset(name=name, root=ds.root, train_slices=slices, test_cases=list(val),

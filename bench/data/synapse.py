@@ -18,10 +18,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bench.data.layout import files
 from bench.data.names import read_names
 from bench.errors import BenchError
-
-LIST_DIR = Path("lists") / "lists_Synapse"
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,8 @@ class Dataset:
     # "test": test_cases are volumes in test_vol_h5/. "val": test_cases are training cases held
     # out for validation, whose volumes are stacked from their training slices.
     eval_split: str = "test"
-    # image channels: 1 (gray) or 3 (colour; training slices H x W x 3, test volumes D x H x W x 3)
+    # image channels: 1 (gray), 3 (colour) or C (an nnU-Net dataset's channels); with more than one, training
+    # slices are H x W x C and test volumes D x H x W x C
     channels: int = 1
 
     @property
@@ -61,14 +61,15 @@ def open_synapse(root: Path, name: str, organs: dict[int, str]) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise BenchError(f"dataset folder not found: {root}")
-    train = _read_list(root / LIST_DIR / "train.txt")
-    test = _read_list(root / LIST_DIR / "test_vol.txt")
+    where = files(root)
+    train = _read_list(where.train_list)
+    test = _read_list(where.test_list)
     for s in train:
-        if not (root / "train_npz" / f"{s}.npz").exists():
-            raise BenchError(f"{root / 'train_npz' / (s + '.npz')}: listed in train.txt but missing")
+        if not where.slice(s).exists():
+            raise BenchError(f"{where.slice(s)}: listed in train.txt but missing")
     for c in test:
-        if not (root / "test_vol_h5" / f"{c}.npy.h5").exists():
-            raise BenchError(f"{root / 'test_vol_h5' / (c + '.npy.h5')}: listed in test_vol.txt but missing")
+        if not where.volume(c).exists():
+            raise BenchError(f"{where.volume(c)}: listed in test_vol.txt but missing")
     return Dataset(name=name, root=root, train_slices=train, test_cases=test, organs=organs)
 
 
@@ -98,7 +99,7 @@ def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
     float32 in some official files). Callers make it int64 when they need to: training after
     augmenting and resizing (order-0 operations copy label values exactly, and a small dtype
     makes them several times cheaper), volumes when they stack slices."""
-    path = ds.root / "train_npz" / f"{name}.npz"
+    path = files(ds.root).slice(name)
     try:
         with np.load(path) as f:
             return f["image"].astype(np.float32), f["label"]
@@ -109,7 +110,7 @@ def load_slice(ds: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
 def volume_grid(ds: Dataset, case: str) -> dict:
     """What a test volume records of its grid: ``spacing`` (z, y, x) mm, ``origin`` (x, y, z) mm and
     ``direction`` (9 cosines) when present, and its ``shape`` (D, H, W); arrays are not read."""
-    path = ds.root / "test_vol_h5" / f"{case}.npy.h5"
+    path = files(ds.root).volume(case)
     try:
         with h5py.File(path, "r") as f:
             out: dict = {"shape": tuple(int(n) for n in f["label"].shape)}
@@ -124,11 +125,11 @@ def volume_grid(ds: Dataset, case: str) -> dict:
 def load_volume(ds: Dataset, case: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
     """Image, label (D x H x W) and spacing (z, y, x) in mm if the file records it."""
     if ds.eval_split == "val":
-        listed = _read_list(ds.root / LIST_DIR / "train.txt")
+        listed = _read_list(files(ds.root).train_list)
         names = sorted((s for s in listed if case_of(s) == case), key=lambda s: int(s.rsplit("_slice", 1)[1]))
         pairs = [load_slice(ds, s) for s in names]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]).astype(np.int64), None
-    path = ds.root / "test_vol_h5" / f"{case}.npy.h5"
+    path = files(ds.root).volume(case)
     try:
         with h5py.File(path, "r") as f:
             image = f["image"][:].astype(np.float32)

@@ -17,8 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bench.data import layout
 from bench.data.names import read_names
-from bench.data.synapse import LIST_DIR
 from bench.errors import BenchError
 from bench.paths import cache_dir
 
@@ -26,9 +26,10 @@ VERSION = 2  # 2: images read in full for NaN / Inf, empty volumes refused
 
 
 def _listed(root: Path) -> tuple[list[Path], list[Path]]:
-    lists = {name: read_names(root / LIST_DIR / name) for name in ("train.txt", "test_vol.txt")}
-    train = [root / "train_npz" / f"{s}.npz" for s in lists["train.txt"]]
-    test = [root / "test_vol_h5" / f"{c}.npy.h5" for c in lists["test_vol.txt"]]
+    where = layout.files(root)
+    lists = {path.name: read_names(path) for path in (where.train_list, where.test_list)}
+    train = [where.slice(s) for s in lists["train.txt"]]
+    test = [where.volume(c) for c in lists["test_vol.txt"]]
     for files, name in ((train, "train.txt"), (test, "test_vol.txt")):
         missing = [f for f in files if not f.is_file()]
         if missing:
@@ -39,7 +40,8 @@ def _listed(root: Path) -> tuple[list[Path], list[Path]]:
 
 def _stamp(root: Path, files: list[Path], num_classes: int) -> str:
     h = hashlib.sha256(f"{VERSION}|{root.resolve()}|{num_classes}".encode())
-    for f in files + [root / LIST_DIR / "train.txt", root / LIST_DIR / "test_vol.txt"]:
+    where = layout.files(root)
+    for f in files + [where.train_list, where.test_list]:
         st = f.stat()
         h.update(f"|{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:24]
@@ -77,9 +79,9 @@ def check_slice(path: Path, num_classes: int) -> None:
         raise
     except Exception as e:  # truncated zip, bad header...
         raise BenchError(f"{path}: unreadable training slice ({type(e).__name__}: {e})") from None
-    if label.ndim != 2 or tuple(shape[:2]) != label.shape or 0 in shape or not (len(shape) == 2 or shape[2:] == (3,)):
+    if label.ndim != 2 or tuple(shape[:2]) != label.shape or 0 in shape or len(shape) not in (2, 3):
         raise BenchError(f"{path}: image {shape} and label {label.shape} must be equal 2D (H x W) arrays, not empty "
-                         "(a colour image: H x W x 3)")
+                         "(several channels: H x W x C)")
     _check_image_dtype(dtype, str(path))
     if not np.isfinite(image).all():
         raise BenchError(f"{path}: image has NaN or infinite values")
@@ -93,9 +95,9 @@ def check_volume(path: Path, num_classes: int) -> None:
                 if key not in f:
                     raise BenchError(f"{path}: no '{key}' dataset (has: {', '.join(f.keys())})")
             image, label = f["image"], f["label"]
-            if label.ndim != 3 or image.shape[:3] != label.shape or not (image.ndim == 3 or image.shape[3:] == (3,)):
+            if label.ndim != 3 or image.shape[:3] != label.shape or image.ndim not in (3, 4):
                 raise BenchError(f"{path}: image {image.shape} and label {label.shape} must be equal "
-                                 "3D (D x H x W) arrays (a colour image: D x H x W x 3)")
+                                 "3D (D x H x W) arrays (several channels: D x H x W x C)")
             if 0 in image.shape:
                 raise BenchError(f"{path}: empty test volume ({'x'.join(map(str, image.shape))}): "
                                  "a case needs at least one slice")

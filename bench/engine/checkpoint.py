@@ -49,8 +49,8 @@ def capture_rng(device: torch.device) -> dict:
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
+        "numpy": {"key": torch.from_numpy(np.asarray(key).astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
                    "gauss_next": gauss_next},
     }
@@ -180,7 +180,7 @@ def read_state(path: Path, keys: set[str], say=print) -> dict | None:
             problem = f"not a checkpoint (no {', '.join(sorted(keys - set(state)))})"
         else:
             return state
-    say(f"[yellow]{path} is unreadable ({problem}); ignoring it[/]")
+    say(f"{path} is unreadable ({problem}); ignoring it")
     return None
 
 

@@ -104,7 +104,8 @@ def _say_once(run_dir: Path, e: OSError, say) -> None:
     dev = os.stat(run_dir).st_dev
     if dev not in _said:
         _said.add(dev)
-        say(f"note: the file system of {run_dir} does not support flock ({errno.errorcode.get(e.errno, e.errno)}); "
+        code = errno.errorcode.get(e.errno or 0, e.errno)
+        say(f"note: the file system of {run_dir} does not support flock ({code}); "
             f"runs are locked with lock files and a heartbeat instead (a dead holder's lock is taken over "
             f"after {STALE_SECONDS:.0f} s)")
 

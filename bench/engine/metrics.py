@@ -270,8 +270,26 @@ def evaluate_case(
 
     # The official code ignores the spacing; its distances are in voxels.
     distance_spacing = np.asarray(spacing if convention == "strict" else (1.0,) * pred.ndim)
-    worst = volume_diagonal(pred.shape, distance_spacing)
+    worst = volume_diagonal(pred.shape, distance_spacing.tolist())
 
+    all_counts = _count_labels(pred, ref, ids, distance_spacing, threads)
+    unit = "mm" if convention == "strict" else "voxel"
+    rows = []
+    for counts in all_counts:
+        row: dict[str, object] = {"label": counts.label}
+        if names is not None:
+            row["organ"] = names[counts.label]
+        row["status"] = counts.status
+        row.update(_reduce(counts, convention, nsd_tolerance_mm, worst))
+        row.update(n_pred=counts.n_pred, n_ref=counts.n_ref, n_overlap=counts.n_overlap, convention=convention,
+                   distance_unit=unit, nsd_tolerance=float(nsd_tolerance_mm), spacing=spacing)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _count_labels(pred: np.ndarray, ref: np.ndarray, ids: list[int], distance_spacing: np.ndarray,
+                  threads: int | None) -> list[LabelCounts]:
+    """Each label's voxel counts and surface distances, labels in parallel threads."""
     # One pass over each volume finds every label's bounding box (None when absent).
     top = max(ids)
     pred_boxes = find_objects(pred, max_label=top)
@@ -284,25 +302,5 @@ def evaluate_case(
     workers = min(len(ids), threads or os.cpu_count() or 1)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            all_counts = list(pool.map(one, ids))
-    else:
-        all_counts = [one(i) for i in ids]
-
-    rows = []
-    for counts in all_counts:
-        row: dict[str, object] = {"label": counts.label}
-        if names is not None:
-            row["organ"] = names[counts.label]
-        row["status"] = counts.status
-        row.update(_reduce(counts, convention, nsd_tolerance_mm, worst))
-        row.update(
-            n_pred=counts.n_pred,
-            n_ref=counts.n_ref,
-            n_overlap=counts.n_overlap,
-            convention=convention,
-            distance_unit="mm" if convention == "strict" else "voxel",
-            nsd_tolerance=float(nsd_tolerance_mm),
-            spacing=spacing,
-        )
-        rows.append(row)
-    return pd.DataFrame(rows)
+            return list(pool.map(one, ids))
+    return [one(i) for i in ids]

@@ -1,18 +1,23 @@
-"""A run's numerics: autocast precision, gradient scaling and cuDNN flags, as the protocol says.
+"""A run's numerics: autocast precision, gradient scaling, cuDNN flags and CPU threads, as the protocol says.
 
 The protocol decides, never the device: a GPU run trains in fp32 unless its protocol asks for
-bf16 or fp16 (the official recipe is fp32). What was applied, and whether the run can be repeated
+bf16 or fp16 (the official recipe is fp32), and a CPU run uses the protocol's thread count whatever
+the machine or executor would have given it. What was applied, and whether the run can be repeated
 bit for bit on this device, goes into the manifest (``record``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from bench.errors import BenchError
-from bench.protocol import Cudnn, Protocol
+from bench.protocol import DEFAULT_THREADS, Cudnn, Protocol, recipe_hash
 from models.compute import autocast, grad_scaler
 
-__all__ = ["autocast", "grad_scaler", "check_precision", "apply_cudnn", "record", "legacy_autocast", "precision_of"]
+__all__ = ["autocast", "grad_scaler", "check_precision", "apply_cudnn", "threads", "record", "legacy_autocast",
+           "precision_of", "threads_of", "protocol_hash_of"]
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -37,13 +42,33 @@ def apply_cudnn(cudnn: Cudnn, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = cudnn.deterministic
 
 
+@contextmanager
+def threads(protocol: Protocol, device: torch.device) -> Iterator[None]:
+    """The protocol's torch thread count for the block, on a CPU; the process's count again after it.
+
+    On CUDA (or MPS) nothing changes: the CPU threads do not change a GPU run's numbers, and the
+    process keeps the cores it was given for loading and scoring."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(protocol.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def record(protocol: Protocol, device: torch.device) -> dict:
     """The manifest's account of the numerics: precision, autocast, scaler, cuDNN and reproducibility."""
     cuda = device.type == "cuda"
-    if not cuda:
+    if device.type == "cpu":
         reproducible = True
-        why = ("CPU: the same seed gives the same weights and metrics on this machine with the same "
-               "thread count and library versions")
+        why = (f"CPU: the same seed gives the same weights and metrics with {protocol.threads} thread"
+               f"{'s' if protocol.threads != 1 else ''} (the protocol's), the same CPU family and library versions")
+    elif not cuda:
+        reproducible = True
+        why = f"{device.type}: the same seed gives the same weights and metrics on this device and library versions"
     elif protocol.cudnn.benchmark or not protocol.cudnn.deterministic:
         reproducible = False
         why = "CUDA with cuDNN autotuning or nondeterministic cuDNN algorithms"
@@ -59,6 +84,7 @@ def record(protocol: Protocol, device: torch.device) -> dict:
         "autocast": {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}[protocol.precision],
         "grad_scaler": protocol.precision == "fp16",
         "cudnn": {**protocol.cudnn.model_dump(), "applied": cuda},
+        "threads_applied": device.type == "cpu",  # else ``threads`` is the process's count, not the numbers'
         "bit_reproducible": reproducible,
         "reproducibility": why,
     }
@@ -76,3 +102,26 @@ def precision_of(manifest: dict) -> str:
     if manifest.get("precision"):
         return manifest["precision"]
     return "fp16" if legacy_autocast(manifest) else "fp32"
+
+
+def threads_of(manifest: dict) -> int:
+    """The CPU thread count that decided a run's numbers, from its manifest: the protocol's; for a run
+    made before ``threads`` was a protocol key, the count it recorded on a CPU, and the neutral 1 on
+    a GPU (where the CPU threads do not change the numbers)."""
+    protocol = manifest.get("protocol") or {}
+    if protocol.get("threads") is not None:
+        return int(protocol["threads"])
+    if str(manifest.get("device", "cpu")).startswith("cpu") and manifest.get("threads"):
+        return int(manifest["threads"])
+    return DEFAULT_THREADS
+
+
+def protocol_hash_of(manifest: dict) -> str | None:
+    """The hash of the recipe a run trained under: the one it recorded, except for a run made on a CPU
+    before ``threads`` was a key with a count other than 1, which is the hash of its protocol with
+    that count (an old ``cpu`` run with 2 threads has the hash of today's ``cpu``, which says 2)."""
+    recorded = manifest.get("protocol_hash")
+    protocol = manifest.get("protocol")
+    if not isinstance(protocol, dict) or "threads" in protocol or threads_of(manifest) == DEFAULT_THREADS:
+        return recorded
+    return recipe_hash(protocol | {"threads": threads_of(manifest)})

@@ -1,8 +1,8 @@
-"""The results store: run paths, atomic files, manifests and per-run locks (``locks.py``).
+"""The results store: the files of a run folder, manifests, metrics and per-run locks (``locks.py``).
 
-A run lives in ``<results>/<dataset>/<protocol>/<model>/seed<k>/``. Every file is written to
-a temporary name and renamed; a run counts as complete only when its manifest says so, and
-the manifest is written last.
+Which folder a run lives in and whether it can be reused is ``bench.engine.runs``. Every file is
+written to a temporary name and renamed; a run counts as complete only when its manifest says so,
+and the manifest is written last.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.engine.locks import RunLocked, run_lock  # noqa: F401 (the store's lock, see locks.py)
@@ -26,34 +26,11 @@ FINAL_WEIGHTS = "model.pt"
 TRAIN_LOG = "train_log.csv"
 EXPORT_DIR = "nifti"  # `bench export` default output, removed with the predictions it came from
 
-METRIC_COLUMNS = ["dataset", "protocol", "model", "seed", "case", "label", "organ", "metric", "value", "convention"]
-
-
-@dataclass(frozen=True)
-class RunId:
-    dataset: str
-    protocol: str
-    model: str
-    seed: int
-
-
-def run_path(results: Path, run: RunId) -> Path:
-    """The folder of one run; ``parse_run_path`` reads it back."""
-    return Path(results) / run.dataset / run.protocol / run.model / f"seed{run.seed}"
-
-
-def parse_run_path(path: Path) -> RunId:
-    path = Path(path)
-    if not path.name.startswith("seed") or not path.name[4:].lstrip("-").isdigit():
-        raise BenchError(f"{path}: not a run folder (expected .../<dataset>/<protocol>/<model>/seed<k>)")
-    return RunId(path.parents[2].name, path.parents[1].name, path.parent.name, int(path.name[4:]))
-
-
-def find_runs(results: Path) -> list[Path]:
-    """Every run folder under ``results`` that has a manifest (complete or not), external runs
-    (``<dataset>/external/<name>/``, see bench.engine.external) included."""
-    trained = Path(results).glob(f"*/*/*/seed*/{MANIFEST}")
-    return sorted(p.parent for p in [*trained, *Path(results).glob(f"*/external/*/{MANIFEST}")])
+METRIC_COLUMNS = ["dataset", "protocol", "model", "seed", "case", "label", "organ", "metric", "value", "convention",
+                  "nsd_tolerance_mm"]
+# What identifies a set of metric rows in metrics.parquet: a run holds its own set and any that
+# `bench evaluate RUN --convention / --nsd-tolerance` added; readers take one set, never several.
+ROW_SET = ("convention", "nsd_tolerance_mm")
 
 
 def read_manifest(run_dir: Path) -> dict | None:
@@ -64,6 +41,48 @@ def read_manifest(run_dir: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None  # torn by something other than us; treat the run as incomplete
+
+
+def recorded_evaluation(manifest: dict) -> dict:
+    """The evaluation settings a run records: an external run's own, else its protocol's."""
+    return dict(manifest.get("evaluation") or (manifest.get("protocol") or {}).get("evaluation") or {})
+
+
+def with_row_set(rows: pd.DataFrame, evaluation: dict) -> pd.DataFrame:
+    """``rows`` with the NSD tolerance filled in: rows written before it was recorded were all scored at
+    the run's own (``evaluation``, as ``recorded_evaluation`` gives it; 2 mm, the default, if absent)."""
+    tolerance = float(evaluation.get("nsd_tolerance_mm", 2.0))
+    if "nsd_tolerance_mm" not in rows:
+        return rows.assign(nsd_tolerance_mm=tolerance)
+    return rows.assign(nsd_tolerance_mm=rows["nsd_tolerance_mm"].astype(float).fillna(tolerance))
+
+
+def row_set(rows: pd.DataFrame, convention: str, nsd_tolerance_mm: float) -> pd.DataFrame:
+    """The rows scored under ``convention`` at ``nsd_tolerance_mm`` (rows without a recorded tolerance count as
+    scored at it: fill them with ``with_row_set`` first when the run's own tolerance may be another)."""
+    keep = rows["convention"] == convention
+    if "nsd_tolerance_mm" in rows:
+        tolerance = rows["nsd_tolerance_mm"].astype(float)
+        keep &= tolerance.isna() | np.isclose(tolerance, float(nsd_tolerance_mm), rtol=1e-9, atol=0)
+    return rows[keep]
+
+
+def load_manifest(run_dir: Path) -> dict:
+    """A run folder's manifest for a command that needs one; a BenchError says why there is none:
+    no file (not a run folder) or a torn one (named as such, not as missing)."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise BenchError(f"{run_dir}: no manifest.json; not a run folder (.../<dataset>/<protocol>/<model>/seed<k> "
+                         "or .../<dataset>/external/<name>)")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise BenchError(f"{path}: unreadable ({why}); torn by a kill? `bench run` with the run's options "
+                         "finishes a trained run, the same `bench evaluate --pred` an external one") from None
+    if not isinstance(m, dict):
+        raise BenchError(f"{path}: not a run manifest (a JSON object)")
+    return m
 
 
 def write_metrics(path: Path, df: pd.DataFrame) -> None:

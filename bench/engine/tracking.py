@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING
 
 from bench.errors import BenchError
 from bench.files import atomic_text
+from bench.urls import display_url, redact
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # name -> module that must be importable
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_DIR = "mlflow"  # under the results folder: mlflow.db and artifacts/
 MLFLOW_RUN_FILE = "mlflow_run.json"  # in the run folder: which MLflow run a resumed run continues
+SUPPRESS_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,26 +91,28 @@ class _MLflow:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(uri)
+        self.client, self.uri = MlflowClient(uri), uri
         self.pending: list = []
         self.last_flush = time.monotonic()
         exp_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment
         exp_id = self._experiment(exp_name, artifacts)
         marker = run_dir / MLFLOW_RUN_FILE
-        self.run_id = None
+        run_id: str | None = None
+        shown = display_url(uri)  # what is written down: never a password or token (bench.urls)
         if start > 0 and marker.exists():  # a resumed run continues its MLflow run
             try:
                 saved = json.loads(marker.read_text())
-                if saved.get("uri") == uri and self.client.get_run(saved["run_id"]):
-                    self.run_id = saved["run_id"]
-                    self.client.update_run(self.run_id, status="RUNNING")
+                if saved.get("uri") in (shown, uri) and self.client.get_run(saved["run_id"]):
+                    run_id = str(saved["run_id"])
+                    self.client.update_run(run_id, status="RUNNING")
             except Exception:  # unreadable marker or run deleted: a new MLflow run
-                self.run_id = None
-        if self.run_id is None:
+                run_id = None
+        if run_id is None:
             tags = {"segbench.run_dir": str(run_dir.resolve()), **{f"segbench.{k}": str(v) for k, v in params.items()}}
-            self.run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-            atomic_text(marker, json.dumps({"uri": uri, "run_id": self.run_id, "experiment": exp_name}))
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            run_id = str(self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id)
+            atomic_text(marker, json.dumps({"uri": shown, "run_id": run_id, "experiment": exp_name}))
+            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        self.run_id: str = run_id
 
     def _experiment(self, name: str, artifacts: Path) -> str:
         for attempt in range(5):  # two processes may create it at once
@@ -142,7 +146,18 @@ class _MLflow:
         self.flush()
         self.client.set_tag(self.run_id, "segbench.status", status)
         state = {"complete": "FINISHED", "interrupted": "KILLED", "pruned": "KILLED"}.get(status, "FAILED")
-        self.client.set_terminated(self.run_id, status=state)
+        # MLflow prints "View run at <URI>/#/..." on stdout here, password included: not when the URI holds a secret
+        quiet = {SUPPRESS_URL: "true"} if display_url(self.uri) != self.uri else {}
+        previous = {key: os.environ.get(key) for key in quiet}
+        os.environ.update(quiet)
+        try:
+            self.client.set_terminated(self.run_id, status=state)
+        finally:
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 class Tracking:
@@ -164,8 +179,9 @@ class Tracking:
         except Exception as e:  # tracking must never cost the run
             self.active.pop(name, None)
             first = str(e).splitlines()[0] if str(e) else ""
-            self.say(f"[yellow]--track {name}: {what} failed ({type(e).__name__}: {first}); "
-                     f"no more tracking of this run[/]")
+            # the tracker's error may quote its URI: its secrets are hidden on the storage URLs' rule
+            first = redact(first, mlflow_uri(self.results)) if name == "mlflow" else first
+            self.say(f"--track {name}: {what} failed ({type(e).__name__}: {first}); no more tracking of this run")
 
     def open(self, start: int) -> None:
         if self.opened:
@@ -192,7 +208,7 @@ class Tracking:
             return
         self.open(self.step)
         fg = metrics[metrics["label"] != 0]
-        values = {}
+        values: dict[str, float] = {}
         for metric, g in fg.groupby("metric"):
             per_organ = g.groupby("organ")["value"].mean()
             values |= {f"test/{metric}/{organ}": v for organ, v in per_organ.items()}

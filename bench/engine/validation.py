@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from rich.progress import Progress
 
 from bench.data.splits import validation_view
 from bench.data.synapse import Dataset, case_of
@@ -55,15 +57,23 @@ def read_validation_log(run_dir: Path, before: int | None = None) -> list[dict]:
 
 
 class Validator:
-    """The ``on_iteration`` callback of ``train``: score the held-out cases at the interval and at the end."""
+    """The ``on_iteration`` callback of ``train``: score the held-out cases at the interval and at the end.
+
+    Each score goes to ``validation_log.csv``, the tracker and ``say``, then to ``on_score(done,
+    dice)`` (``bench tune`` reports it to its trial and prunes there). ``score`` is the last one.
+    """
 
     def __init__(self, model: torch.nn.Module, view: Dataset, protocol: Protocol, device: torch.device,
-                 run_dir: Path, tracker=None, say=print) -> None:
+                 run_dir: Path, tracker=None, say: Callable[..., object] = print,
+                 on_score: Callable[[int, float], None] | None = None, progress: Progress | None = None) -> None:
         self.model, self.view, self.protocol, self.device = model, view, protocol, device
-        self.run_dir, self.tracker, self.say = Path(run_dir), tracker, say
+        self.run_dir, self.tracker, self.say, self.on_score = Path(run_dir), tracker, say, on_score
+        self.progress = progress  # a bar over the held-out cases (lines on the display's console without a terminal)
         self.max_iter = protocol.max_iterations(len(view.train_slices))
         self.interval = protocol.validation.interval or self.max_iter
-        self.rows: list[dict] | None = None
+        self.rows: list[dict] = []
+        self.resumed = False
+        self.score: float | None = None
         self.t0 = time.perf_counter()
 
     def _write(self) -> None:
@@ -76,14 +86,15 @@ class Validator:
         atomic_write(self.run_dir / VALIDATION_LOG, write)
 
     def __call__(self, done: int) -> None:
-        if self.rows is None:  # first call of this process: scores from after the checkpoint are redone
-            self.rows = read_validation_log(self.run_dir, before=done)
+        if not self.resumed:  # first call of this process: scores from after the checkpoint are redone
+            self.rows, self.resumed = read_validation_log(self.run_dir, before=done), True
             self._write()
         if done % self.interval and done != self.max_iter:
             return
         metrics = evaluate_model(self.model, self.view, self.protocol.input_size, self.protocol.evaluation,
-                                 self.device)
+                                 self.device, progress=self.progress, label=f"validation at iteration {done}")
         dice, hd95 = mean_foreground(metrics, "dice"), mean_foreground(metrics, "hd95")
+        self.score = dice
         self.rows.append({"iteration": done, "dice": f"{dice:.6f}", "hd95": f"{hd95:.6f}",
                           "seconds": f"{time.perf_counter() - self.t0:.3f}"})
         self._write()
@@ -93,3 +104,5 @@ class Validator:
                               **{f"val/dice/{o}": v for o, v in per_organ.mean().items() if np.isfinite(v)}}, done)
         self.say(f"validation at iteration {done}: DSC {dice:.4f}, HD95 {hd95:.2f} "
                  f"({', '.join(self.view.test_cases)})")
+        if self.on_score is not None:
+            self.on_score(done, dice)

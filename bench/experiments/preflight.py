@@ -11,11 +11,11 @@ from pathlib import Path
 
 from bench.data.synapse import Dataset
 from bench.engine.checkpoint import check_run_folder
-from bench.engine.results import RunId, metrics_problem, read_manifest, run_path
-from bench.engine.runner import RunSpec
+from bench.engine.runs import RunSpec, RunState, config_key, conflict_message, run_config, run_id, run_state
+from bench.engine.settings import RunSettings
 from bench.errors import BenchError
 from bench.protocol import Protocol
-from models import check_model_args
+from models import check_input_size, check_model_args
 from models.weights import read_npz, read_state_dict
 
 
@@ -33,6 +33,14 @@ def check_models(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset) -> None:
         except (ValueError, TypeError) as e:
             raise BenchError(f"{spec.label} cannot run under protocol {proto.name} (input_size "
                              f"{proto.input_size}): {e}") from None
+        size = proto.evaluation.inference_size
+        if size and size != proto.input_size:
+            try:
+                check_input_size(spec.model, size, proto.input_size, num_classes=ds.num_classes,
+                                 in_channels=ds.channels, **spec.knobs)
+            except ValueError as e:
+                raise BenchError(f"{spec.label} cannot infer at evaluation.inference_size {size} under protocol "
+                                 f"{proto.name} (trained at {proto.input_size}): {e}") from None
 
 
 def check_weights(weights: dict[str, str], models: list[str]) -> None:
@@ -51,17 +59,19 @@ def check_weights(weights: dict[str, str], models: list[str]) -> None:
 
 
 def check_run_folders(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, results: Path) -> None:
-    """No run folder this sweep would resume holds a file that runs code when loaded."""
+    """No run folder holds a completed run of other settings (refused before any training rather than
+    after an hour of it), nor a file that would run code when this sweep resumes it."""
     for spec, proto in jobs:
-        folder = run_path(results, RunId(ds.name, proto.name, spec.label, spec.seed))
-        manifest = read_manifest(folder) if folder.is_dir() else None
-        if not folder.is_dir() or ((manifest or {}).get("status") == "complete" and metrics_problem(folder) is None):
-            continue  # nothing to resume: a complete run is reused without loading anything
-        check_run_folder(folder)
+        folder = run_id(spec, proto, ds).path(results)
+        state = run_state(folder, config_key(run_config(spec, proto, ds)))
+        if state is RunState.CONFLICT:
+            raise BenchError(conflict_message(folder, spec))
+        if folder.is_dir() and state is not RunState.COMPLETE:  # a complete run is reused without loading
+            check_run_folder(folder)
 
 
-def check_jobs(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, results: Path, force: bool) -> None:
+def check_jobs(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, settings: RunSettings) -> None:
     """Everything above that concerns the jobs (``--force`` clears the run folders first)."""
     check_models(jobs, ds)
-    if not force:
-        check_run_folders(jobs, ds, results)
+    if not settings.force:
+        check_run_folders(jobs, ds, settings.results)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchError
 from bench.files import atomic_write
@@ -57,14 +58,14 @@ def pick_baseline(arms: list[str], wanted: str | None) -> str | None:
     return next((a for a in arms if EXTERNAL_TAG not in a), arms[0])
 
 
-def _clean(folder: Path, patterns: tuple[str, ...]) -> None:
+def clean_outputs(folder: Path, patterns: tuple[str, ...]) -> None:
     """Remove the report's own files of an earlier build, so no stale plot survives."""
     for pattern in patterns:
         for f in folder.glob(pattern):
             f.unlink()
 
 
-def _write(path: Path, text: str, files: list[Path]) -> None:
+def write_document(path: Path, text: str, files: list[Path]) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
     umask = os.umask(0)
     os.umask(umask)
@@ -85,48 +86,81 @@ def build_report(
     """
     loaded = load_runs(results, runs, dataset, protocol, convention, allow_mixed)
     out = Path(out) if out is not None else default_out(reports, loaded)
-    arms = loaded.arms()
-    base = pick_baseline(arms, baseline)
+    base = pick_baseline(loaded.arms(), baseline)
     (out / PLOTS).mkdir(parents=True, exist_ok=True)
     (out / CSV).mkdir(parents=True, exist_ok=True)
-    _clean(out / PLOTS, ("*.png", "*.svg"))
-    _clean(out / CSV, ("*.csv",))
+    clean_outputs(out / PLOTS, ("*.png", "*.svg"))
+    clean_outputs(out / CSV, ("*.csv",))
     notes: list[str] = []
-
-    # reduce
     dice, hd = stats.case_values(loaded.metrics, "dice"), stats.case_values(loaded.metrics, "hd95")
-    wil = {m: stats.wilcoxon_vs_baseline(c, base) for m, c in (("dice", dice), ("hd95", hd))} if base else {}
-    boot = stats.bootstrap_ci(dice, n_boot, seed)
-    rank = stats.ranking(dice, n_boot, seed)
+    tables = _tables(loaded, dice, hd, base, n_boot, seed, notes)
+    figures = _figures(loaded, dice, hd, results, out / PLOTS, notes)
+    files = _write(out, loaded, tables, figures, base, notes)
+    return Report(out, out / "report.html", files, base, loaded.mixed, notes)
 
-    # arrange
+
+@dataclass
+class _Tables:
+    organ: list
+    status: Any
+    statistics: list
+    compute: Any
+    runs: Any
+
+    @property
+    def all(self) -> list:
+        return [*self.organ, self.status, *self.statistics, self.compute, self.runs]
+
+
+def _tables(loaded: Loaded, dice, hd, base: str | None, n_boot: int, seed: int, notes: list[str]) -> _Tables:
+    """Reduce the per-case values (paired tests, bootstrap, ranking) and arrange every table."""
+    arms = loaded.arms()
+    wil = {m: stats.wilcoxon_vs_baseline(c, base) for m, c in (("dice", dice), ("hd95", hd))} if base else {}
     organ = [T.organ_table(loaded, "dice"), T.organ_table(loaded, "hd95")] if arms else []
     statistics = [T.wilcoxon_table(loaded, wil[m], m) for m in wil] if len(arms) > 1 else []
-    statistics += [T.bootstrap_table(loaded, boot), T.ranking_table(loaded, rank, n_boot, seed)] if arms else []
+    by_lr = lr_effect(loaded, dice)
+    statistics = ([by_lr] if by_lr is not None else []) + statistics
+    if arms:
+        boot, rank = stats.bootstrap_ci(dice, n_boot, seed), stats.ranking(dice, n_boot, seed)
+        statistics += [T.bootstrap_table(loaded, boot), T.ranking_table(loaded, rank, n_boot, seed)]
     if len(arms) == 1:
         notes.append("Only one model has results: no paired tests.")
-    compute, runs_t = T.compute_table(loaded), T.runs_table(loaded)
-    status_t = T.status_table(loaded)
-    all_tables = [*organ, status_t, *statistics, compute, runs_t]
+    return _Tables(organ, T.status_table(loaded), statistics, T.compute_table(loaded), T.runs_table(loaded))
 
-    # draw
-    plot_dir = out / PLOTS
-    figures = [P.heatmap(organ_means(loaded.metrics, "dice"), plot_dir) if arms else None,
-               P.box_strip(dice, "dice", arms, plot_dir), P.box_strip(hd, "hd95", arms, plot_dir),
+
+def lr_effect(loaded: Loaded, dice=None) -> T.Table | None:
+    """The table of models run at two LRs (``bench run --lr default,tuned``): each other LR against
+    the protocol's, paired over test cases; None when no model has both."""
+    pairs = T.lr_pairs(loaded)
+    if not pairs:
+        return None
+    dice = stats.case_values(loaded.metrics, "dice") if dice is None else dice
+    return T.lr_effect_table(loaded, stats.paired_tests(dice, pairs))
+
+
+def _figures(loaded: Loaded, dice, hd, results: Path, plot_dir: Path, notes: list[str]) -> list:
+    """Every plot that has something to show."""
+    arms = loaded.arms()
+    noun = T.noun(loaded)
+    plotted = [P.heatmap(organ_means(loaded.metrics, "dice"), plot_dir, noun) if arms else None,
+               P.box_strip(dice, "dice", arms, plot_dir, noun), P.box_strip(hd, "hd95", arms, plot_dir, noun),
                P.learning_curves(train_logs(loaded), plot_dir, validation_logs(loaded))]
     qual, why = qualitative(loaded, dice, results, plot_dir) if arms else (None, "no results")
-    figures.append(qual)
+    plotted.append(qual)
     if why:
         notes.append(f"Qualitative figure skipped: {why}.")
-    figures += P.lr_search(results, plot_dir, {str(c['protocol_hash']) for c in loaded.cohorts})
-    figures = [f for f in figures if f is not None]
+    plotted += P.lr_search(results, plot_dir, {str(c['protocol_hash']) for c in loaded.cohorts})
+    return [f for f in plotted if f is not None]
 
-    # render and write
+
+def _write(out: Path, loaded: Loaded, tables: _Tables, figures: list, base: str | None, notes: list[str]
+           ) -> list[Path]:
+    """CSV files, LaTeX, Markdown and the HTML page; the files written."""
     files: list[Path] = []
-    for t in all_tables:
+    for t in tables.all:
         if t.data is not None:
-            _write(out / CSV / f"{t.key}.csv", csv_text(t), files)
-    _write(out / CSV / "per_case.csv", T.per_case_frame(loaded).to_csv(index=False), files)
+            write_document(out / CSV / f"{t.key}.csv", csv_text(t), files)
+    write_document(out / CSV / "per_case.csv", T.per_case_frame(loaded).to_csv(index=False), files)
     title = _title(loaded)
     fairness = T.fairness_note(loaded) + (f"; baseline {base}" if base else "")
     failures = [f"{r.arm} seed {r.seed}: {r.status}" + (f" ({r.error})" if r.error == r.error and r.error else "")
@@ -134,16 +168,17 @@ def build_report(
     mixed_msg = ""
     if loaded.mixed:
         mixed_msg = mismatch_message(loaded.cohorts, hint=False) + "; each model is labelled with its side"
-    _write(out / "tables.tex", "% Tables of " + title + ". Needs \\usepackage{booktabs}.\n\n"
-           + "\n".join(latex(t) for t in all_tables), files)
-    _write(out / "report.md", _markdown(title, fairness, mixed_msg, failures, all_tables, figures, notes), files)
-    page = Page(title, fairness, organ[:1], {"Tables": organ[1:] + [status_t], "Statistics": statistics,
-                                             "Compute": [compute], "Runs": [runs_t]},
+    write_document(out / "tables.tex", "% Tables of " + title + ". Needs \\usepackage{booktabs}.\n\n"
+                   + "\n".join(latex(t) for t in tables.all), files)
+    write_document(out / "report.md", _markdown(title, fairness, mixed_msg, failures, tables.all, figures, notes),
+                   files)
+    page = Page(title, fairness, tables.organ[:1], {"Tables": tables.organ[1:] + [tables.status],
+                                                    "Statistics": tables.statistics, "Compute": [tables.compute],
+                                                    "Runs": [tables.runs]},
                 figures, [(r.arm, r.seed, r.status, loaded.manifests.get(r.path)) for r in loaded.runs.itertuples()],
                 mixed_msg, failures, notes)
-    _write(out / "report.html", render_page(page), files)
-    files += [f.png for f in figures] + [f.png.with_suffix(".svg") for f in figures]
-    return Report(out, out / "report.html", files, base, loaded.mixed, notes)
+    write_document(out / "report.html", render_page(page), files)
+    return files + [f.png for f in figures] + [f.png.with_suffix(".svg") for f in figures]
 
 
 def _title(loaded: Loaded) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 from rich.console import Group
 from rich.table import Table
 
+from bench.engine.metrics import REF_ONLY
 from bench.errors import BenchError
 from bench.files import atomic_write
 from bench.report.markdown import markdown_table
@@ -36,6 +37,7 @@ def organ_means(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 OVERALL = "mean"  # the organ name under which organ_mean_sd reports the mean over organs
+MISSED_ROW = "missed (HD95 0)"  # synapse convention: organs in the reference not predicted, over cases and seeds
 
 
 def organ_mean_sd(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -68,17 +70,26 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=dsc.index)
     out["DSC %"] = dsc["mean"]
     out["HD95"] = hd["mean"]
-    for organ in dsc.columns[1:]:
+    for organ in dsc.columns[1:] if len(dsc.columns) > 2 else []:
         out[organ] = dsc[organ]
+    if len(dsc.columns) == 2:  # one class: its DSC is the mean, shown once, under its name
+        out = out.rename(columns={"DSC %": f"DSC % ({dsc.columns[1]})"})
     counts = metrics.groupby("model").agg(seeds=("seed", "nunique"), cases=("case", "nunique"))
+    if conventions == ["synapse"] and "status" in metrics:  # its HD95 of a missed organ is 0: say how many
+        missed = metrics[(metrics["metric"] == "hd95") & (metrics["status"] == REF_ONLY)].groupby("model").size()
+        if missed.sum():
+            counts[MISSED_ROW] = missed.reindex(counts.index, fill_value=0)
     return out.join(counts)
 
 
 def render_rich(table: pd.DataFrame, title: str, width: int = 80) -> Group:
     """Models as columns, organ rows in DSC %; as many tables as it takes to fit ``width``."""
-    names = [f"{c} DSC %" if c not in ("DSC %", "HD95", "seeds", "cases") else str(c) for c in table.columns]
+    names = [f"{c} DSC %" if c not in ("HD95", "seeds", "cases", MISSED_ROW) and not str(c).startswith("DSC %")
+             else str(c) for c in table.columns]
     first = max(map(len, names)) + 3  # the row-name column with its borders and padding
-    chunks, chunk, used = [], [], first + 1
+    chunks: list[list[str]] = []
+    chunk: list[str] = []
+    used = first + 1
     for model in table.index:
         need = max(len(str(model)), 6) + 3
         if chunk and used + need > width:

@@ -72,7 +72,8 @@ def _slug(title: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
 
 
-def _img(plot: Plot) -> str:
+def figure_html(plot: Plot) -> str:
+    """A plot as an inline figure (PNG data URI) with its caption."""
     data = base64.b64encode(plot.png.read_bytes()).decode("ascii")
     return (f'<figure id="fig-{html.escape(plot.key)}"><img src="data:image/png;base64,{data}" '
             f'alt="{html.escape(plot.title)}"><figcaption>{html.escape(plot.caption)} '
@@ -98,12 +99,12 @@ def render_page(page: Page) -> str:
     out.append("</header>")
     out.append("<nav><div>" + "".join(f'<a href="#{k}">{esc(v)}</a>' for k, v in nav) + "</div></nav><main>")
     out.append('<section id="overview" class="overview"><h2>Overview</h2>')
-    out += [html_table(t) for t in page.overview] + [_img(p) for p in overview_plot] + ["</section>"]
+    out += [html_table(t) for t in page.overview] + [figure_html(p) for p in overview_plot] + ["</section>"]
     for title, tables in page.sections.items():
         out.append(f'<section id="{_slug(title)}"><h2>{esc(title)}</h2>')
         out += [html_table(t) for t in tables] + ["</section>"]
     out.append('<section id="plots"><h2>Plots</h2>')
-    out += [_img(p) for p in other_plots]
+    out += [figure_html(p) for p in other_plots]
     out += [f'<p class="muted">{esc(n)}</p>' for n in page.notes] + ["</section>"]
     out.append('<section id="manifests"><h2>Run manifests</h2><p class="muted">The manifest.json of every run, '
                "as it wrote it: configuration, protocol, versions, device, timings, errors.</p>")

@@ -5,22 +5,27 @@ seaborn, and saved without dates or random ids, so the same runs give the same f
 """
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from bench.files import atomic_write
 from bench.report.console import OVERALL
 
-RC = {"svg.hashsalt": "segbench", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 11}
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+RC: dict[RcKeyType, Any] = {"svg.hashsalt": "segbench", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 11}
 DPI = 110
 
 
@@ -53,8 +58,9 @@ def _figure(w: float, h: float) -> Figure:
         return Figure(figsize=(w, h), layout="constrained")
 
 
-def box_strip(cases: pd.DataFrame, metric: str, arms: list[str], out: Path) -> Plot | None:
-    """Per organ, one box (quartiles, no fliers) per model with each test case as a dot (seeds averaged)."""
+def box_strip(cases: pd.DataFrame, metric: str, arms: list[str], out: Path, noun: str = "organ") -> Plot | None:
+    """Per organ (``noun``: class on 2D images), one box (quartiles, no fliers) per model with each test case as a
+    dot (seeds averaged)."""
     df = cases[cases["label"] != 0].dropna(subset=["value"]).copy()
     if df.empty:
         return None
@@ -76,28 +82,31 @@ def box_strip(cases: pd.DataFrame, metric: str, arms: list[str], out: Path) -> P
             sns.stripplot(dodge=True, size=3.5, jitter=0.15, edgecolor="black", linewidth=0.3, legend=False, **kw)
         finally:
             np.random.set_state(state)
-    ax.set(xlabel="", ylabel=name, title=f"{name} per organ and model (dots: test cases, seeds averaged)")
+    ax.set(xlabel="", ylabel=name, title=f"{name} per {noun} and model (dots: test cases, seeds averaged)")
     ax.tick_params(axis="x", rotation=30)
     ax.legend(title="model", fontsize=8, title_fontsize=8, loc="best")
     key = f"box_{metric}"
-    return Plot(key, f"{name} per organ", f"Box (quartiles) and strip plot of {name} per test case, "
+    return Plot(key, f"{name} per {noun}", f"Box (quartiles) and strip plot of {name} per test case, "
                 "the mean over seeds.", save(fig, out, key))
 
 
-def heatmap(table: pd.DataFrame, out: Path) -> Plot | None:
-    """model x organ mean DSC (%) (mean over cases per seed, then over seeds)."""
+def heatmap(table: pd.DataFrame, out: Path, noun: str = "organ") -> Plot | None:
+    """model x organ mean DSC (%) (mean over cases per seed, then over seeds); a single class once, not twice."""
     if table.empty:
         return None
+    single = table.shape[1] == 2  # the mean over one class is that class
+    table = table.iloc[:, 1:] if single else table
     fig = _figure(max(6.0, 1.2 + 0.75 * table.shape[1]), 1.4 + 0.45 * table.shape[0])
     ax = fig.add_subplot()
     with matplotlib.rc_context(RC):
         sns.heatmap(table * 100, annot=True, fmt=".1f", vmin=0, vmax=100, cmap="viridis", ax=ax,
                     cbar_kws={"label": "DSC (%)"}, linewidths=0.5, annot_kws={"fontsize": 8})
-    ax.set(xlabel="", ylabel="", title="Mean DSC (%) per model and organ")
+    ax.set(xlabel="", ylabel="", title=f"Mean DSC (%) per model and {noun}")
     ax.tick_params(axis="x", rotation=30)
     ax.tick_params(axis="y", rotation=0)
-    return Plot("heatmap_dice", "DSC heatmap", f"Mean DSC (%) per model and organ; '{OVERALL}' is the mean "
-                "over organs.", save(fig, out, "heatmap_dice"))
+    mean = "" if single else f"; '{OVERALL}' is the mean over {noun}s"
+    return Plot("heatmap_dice", "DSC heatmap", f"Mean DSC (%) per model and {noun}{mean}.",
+                save(fig, out, "heatmap_dice"))
 
 
 def learning_curves(logs: pd.DataFrame, out: Path, validation: pd.DataFrame | None = None) -> Plot | None:
@@ -135,6 +144,27 @@ def learning_curves(logs: pd.DataFrame, out: Path, validation: pd.DataFrame | No
     return Plot("learning_curves", "Learning curves", caption, save(fig, out, "learning_curves"))
 
 
+def lr_ticks(lo: float, hi: float) -> list[float]:
+    """Plain-number ticks for a log LR axis over [lo, hi]: 1-2-5 steps (finer for a narrow range, coarser
+    for a wide one), between 3 and 8 of them, so labels never run into each other."""
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    options = [[m * 10.0 ** e for e in decades for m in subs if lo <= m * 10.0 ** e <= hi]
+               for subs in ((1, 1.5, 2, 3, 5, 7), (1, 2, 5), (1, 3), (1,))]
+    fits = [t for t in options if 3 <= len(t) <= 8]
+    if fits:
+        return fits[0]
+    if len(options[0]) < 3:  # narrower than the finest steps: round points spread evenly on the log scale
+        return sorted({float(f"{v:.2g}") for v in np.geomspace(lo, hi, 4)})
+    return options[-1][:: max(1, len(options[-1]) // 6)]
+
+
+def set_lr_ticks(ax, lo: float, hi: float) -> None:
+    """A log LR axis labelled with ``lr_ticks`` only (no minor labels to collide with them)."""
+    ticks = lr_ticks(lo, hi)
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def read_study(path: Path) -> pd.DataFrame | None:
     """One LR-search study CSV, or None when it does not have the expected columns.
 
@@ -164,6 +194,17 @@ def read_study(path: Path) -> pd.DataFrame | None:
     return df.sort_values("number")
 
 
+def _study_signal(path: Path) -> tuple[float | None, str | None]:
+    """The untrained model's score and the verdict (``none``, ``weak``, ``ok``) that ``bench tune`` wrote
+    beside a study's trials.csv (study.json); (None, None) for a study without them."""
+    try:
+        info = json.loads((path.parent / "study.json").read_text()) if path.name == "trials.csv" else {}
+    except (OSError, ValueError):
+        return None, None
+    untrained = info.get("untrained_dsc")
+    return (float(untrained) if isinstance(untrained, int | float) else None), info.get("signal")
+
+
 def study_files(results: Path, hashes: set[str]) -> list[Path]:
     """Study CSVs under ``<results>/tune/``, less those whose default name (``...-<protocol hash>``)
     names a protocol other than the report's; a folder without studies gives none, quietly."""
@@ -179,7 +220,7 @@ def study_files(results: Path, hashes: set[str]) -> list[Path]:
     return out
 
 
-def lr_search(results: Path, out: Path, hashes: set[str] = frozenset()) -> list[Plot]:
+def lr_search(results: Path, out: Path, hashes: frozenset[str] | set[str] = frozenset()) -> list[Plot]:
     """One figure per study: the search history and LR vs score; nothing when there is no study."""
     plots = []
     tune = Path(results) / "tune"
@@ -197,20 +238,31 @@ def lr_search(results: Path, out: Path, hashes: set[str] = frozenset()) -> list[
         if len(other):
             y = other["value"].fillna(other.get("last_value", pd.Series(dtype=float)))
             ax_h.scatter(other["number"], y, s=18, marker="x", color="grey", label="pruned / failed")
+        untrained, verdict = _study_signal(path)
         if len(done):
             best = done["value"].cummin() if minimize else done["value"].cummax()
             ax_h.step(done["number"], best, where="post", color="tab:red", label="best so far")
             ax_lr.scatter(done["lr"], done["value"], s=18, color="tab:blue")
             top = done.loc[done["value"].idxmin() if minimize else done["value"].idxmax()]
-            ax_lr.axvline(top["lr"], color="tab:red", linestyle="--", linewidth=1, label=f"best lr {top['lr']:.3g}")
+            if verdict != "none":  # a study without signal names no winner
+                ax_lr.axvline(top["lr"], color="tab:red", linestyle="--", linewidth=1,
+                              label=f"best lr {top['lr']:.3g}")
+        for ax in (ax_h, ax_lr) if untrained is not None else ():
+            ax.axhline(untrained, color="grey", linestyle=":", linewidth=1.2, label=f"untrained model {untrained:.4f}")
+        if len(done) or untrained is not None:
             ax_lr.legend(fontsize=7)
-        ax_h.set(xlabel="trial", ylabel="objective", title=f"Search history: {study}")
+        flag = " (NO SIGNAL: no trial beat the untrained model)" if verdict == "none" else ""
+        ax_h.set(xlabel="trial", ylabel="objective", title=f"Search history: {study}{flag}")
         ax_h.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_h.legend(fontsize=7)
         ax_lr.set(xscale="log", xlabel="learning rate", ylabel="objective", title="Learning rate vs objective")
+        tried = df["lr"].dropna()
+        if len(tried) and tried.min() < tried.max():
+            set_lr_ticks(ax_lr, float(tried.min()), float(tried.max()))
         rel = str(path.relative_to(tune).with_suffix(""))
         key = "lr_search_" + re.sub(r"[^A-Za-z0-9_-]", "_", rel.removesuffix("/trials"))
-        plots.append(Plot(key, f"LR search: {study}", f"Trials of study {study} ({len(df)} trials, {len(done)} "
-                          "complete): objective per trial with the best so far, and against the learning "
-                          "rate (log scale).", save(fig, out, key)))
+        plots.append(Plot(key, f"LR search: {study}{flag}", f"Trials of study {study} ({len(df)} trials, "
+                          f"{len(done)} complete): objective per trial with the best so far, and against the "
+                          "learning rate (log scale)" + (", with the untrained model's score, the floor a trial "
+                          "must beat" if untrained is not None else "") + ".", save(fig, out, key)))
     return plots

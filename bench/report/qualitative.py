@@ -16,9 +16,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from bench.data import layout
 from bench.data.synapse import Dataset, load_volume
-from bench.engine.evaluation import load_prediction
+from bench.engine.evaluation import evaluated_slices, load_prediction
 from bench.errors import BenchError
+from bench.protocol import Evaluation
 from bench.report.load import Loaded
 from bench.report.plots import Plot, _figure, save
 
@@ -47,13 +49,17 @@ def _dataset_root(manifest: dict, results: Path) -> Path | None:
     return None
 
 
-def _volume(manifest: dict, root: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+def _volume(manifest: dict, root: Path, case: str) -> tuple[np.ndarray, np.ndarray, slice]:
+    """The case's image and reference, and the slices its runs scored (the protocol's ``max_slices``)."""
     info = manifest["dataset"]
     organs = {int(k): v for k, v in info["organs"].items()}
-    split = "test" if (root / "test_vol_h5" / f"{case}.npy.h5").exists() else "val"
+    split = "test" if layout.files(root).volume(case).exists() else "val"
     ds = Dataset(name=info["name"], root=root, train_slices=[], test_cases=[case], organs=organs, eval_split=split)
     image, label, _ = load_volume(ds, case)
-    return image, label
+    ev = Evaluation.model_validate(manifest.get("evaluation") or (manifest.get("protocol") or {}).get("evaluation")
+                                   or {})
+    slab = evaluated_slices(len(label), ev)
+    return image[slab], label[slab], slab
 
 
 def _contours(ax, mask: np.ndarray, colors: dict[int, tuple], **kw) -> None:
@@ -70,6 +76,7 @@ def qualitative(loaded: Loaded, cases_dice: pd.DataFrame, results: Path, out: Pa
     if not picks or ok.empty:
         return None, "no complete run with scored test cases"
     manifest = loaded.manifests[ok["path"].iloc[0]]
+    assert manifest is not None  # a complete run has a readable manifest
     root = _dataset_root(manifest, results)
     if root is None:
         return None, f"dataset folder {manifest['dataset']['root']} (from the manifests) not found"
@@ -81,7 +88,7 @@ def qualitative(loaded: Loaded, cases_dice: pd.DataFrame, results: Path, out: Pa
     axes = np.atleast_2d(fig.subplots(len(picks), 1 + len(arms), squeeze=False))
     for row, (role, case) in enumerate(picks):
         try:
-            image, ref = _volume(manifest, root, case)
+            image, ref, slab = _volume(manifest, root, case)
         except BenchError as e:
             return None, str(e)
         z = int(np.argmax((ref > 0).reshape(ref.shape[0], -1).sum(axis=1)))
@@ -93,7 +100,7 @@ def qualitative(loaded: Loaded, cases_dice: pd.DataFrame, results: Path, out: Pa
             ax.set_yticks([])
             if col == 0:
                 _contours(ax, ref[z], colors, linewidths=1.3)
-                ax.set_title(f"{case} ({role})\nreference, slice {z}", fontsize=9)
+                ax.set_title(f"{case} ({role})\nreference, slice {z + slab.start}", fontsize=9)
                 continue
             arm = arms[col - 1]
             run = ok.loc[arm]
@@ -102,6 +109,8 @@ def qualitative(loaded: Loaded, cases_dice: pd.DataFrame, results: Path, out: Pa
             except (OSError, BenchError):  # missing, or damaged: the page shows the others
                 ax.set_title(f"{arm}\nno saved prediction", fontsize=9)
                 continue
+            if len(pred) > len(ref) and pred[slab].shape == ref.shape:
+                pred = pred[slab]  # a whole volume (another tool's) beside runs that scored a slab of it
             if pred.shape != ref.shape:
                 ax.set_title(f"{arm}\nprediction shape {pred.shape} != {ref.shape}", fontsize=9)
                 continue

@@ -9,7 +9,7 @@ from bench.report.tables import Table
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_UNICODE_MATH = {"±": r"$\pm$", "–": "--", "…": r"\dots{}", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$"}
+_UNICODE_MATH = {"±": r"$\pm$", "–": "--", "…": r"\dots{}", "≥": r"$\geq$", "†": r"\dag{}", "<": r"$<$", ">": r"$>$"}
 
 
 def markdown(t: Table, level: int = 3) -> str:
@@ -71,3 +71,13 @@ def html_table(t: Table) -> str:
 
 def csv_text(t: Table) -> str:
     return t.data.to_csv(index=False) if t.data is not None else ""
+
+
+
+def lr_effect_lines(t: Table) -> list[str]:
+    """The LR table (``tables.lr_effect_table``) as one plain line per model, for the terminal at any width."""
+    lines = [t.title.split("? ")[0] + "? (paired Wilcoxon over test cases, Holm-corrected)"]
+    for model, lr, against, protocol_lr, cases, dsc, dsc_protocol, diff, _w, p, p_holm, verdict in t.rows:
+        lines.append(f"  {model} vs {against}: lr {lr} vs {protocol_lr}; DSC {dsc} vs {dsc_protocol} %, median "
+                     f"diff {diff} pp over {cases} case{'s' if cases != '1' else ''}, p {p} (Holm {p_holm}): {verdict}")
+    return lines

@@ -64,17 +64,39 @@ def wilcoxon_vs_baseline(cases: pd.DataFrame, baseline: str) -> pd.DataFrame:
     organs = cases[["label", "organ"]].drop_duplicates().sort_values("label")
     for model in sorted(set(cases["model"]) - {baseline}):
         for label, organ in organs.itertuples(index=False):
-            pair = paired(cases, model, baseline, label)
-            d = (pair["x"] - pair["y"]).to_numpy()
-            stat = p = np.nan
-            if np.count_nonzero(d):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # scipy's notes on ties / small samples
-                    res = stats.wilcoxon(pair["x"].to_numpy(), pair["y"].to_numpy())
-                stat, p = float(res.statistic), float(res.pvalue)
-            rows.append({"model": model, "baseline": baseline, "label": label, "organ": organ, "n": len(d),
-                         "median_diff": float(np.median(d)) if len(d) else np.nan, "statistic": stat, "p": p})
+            test = signed_rank(paired(cases, model, baseline, label))
+            rows.append({"model": model, "baseline": baseline, "label": label, "organ": organ, **test})
     out = pd.DataFrame(rows, columns=["model", "baseline", "label", "organ", "n", "median_diff", "statistic", "p"])
+    out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else []
+    return out
+
+
+def signed_rank(pair: pd.DataFrame) -> dict:
+    """scipy's paired Wilcoxon signed-rank test of ``pair`` (columns x, y; ``paired``) with its defaults:
+    n, median of x - y, statistic and p (NaN when every difference is zero: no test)."""
+    d = (pair["x"] - pair["y"]).to_numpy()
+    stat = p = np.nan
+    if np.count_nonzero(d):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy's notes on ties / small samples
+            res = stats.wilcoxon(pair["x"].to_numpy(), pair["y"].to_numpy())
+        stat, p = float(res.statistic), float(res.pvalue)
+    return {"n": len(d), "median_diff": float(np.median(d)) if len(d) else np.nan, "statistic": stat, "p": p}
+
+
+def paired_tests(cases: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """For each (model, baseline) of ``pairs``, on the OVERALL per-case values: both means over the
+    cases they share and the signed-rank test; Holm's correction over the rows (one family).
+
+    The LR comparison: each model at another LR against the same model at its protocol's LR.
+    """
+    rows = []
+    for model, baseline in pairs:
+        pair = paired(cases, model, baseline, 0)
+        rows.append({"model": model, "baseline": baseline, "mean": pair["x"].mean(),
+                     "mean_baseline": pair["y"].mean(), **signed_rank(pair)})
+    out = pd.DataFrame(rows, columns=["model", "baseline", "mean", "mean_baseline", "n", "median_diff",
+                                      "statistic", "p"])
     out["p_holm"] = holm(out["p"].to_numpy()) if len(out) else []
     return out
 

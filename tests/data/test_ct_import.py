@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -194,6 +195,11 @@ def _bad_case(kind: str, tmp: Path) -> tuple[Path, Path, str, str]:
         return tmp / "dicom", lab, "btcv", "empty folder"
     if kind == "map":
         return ct, lab, "nope", "unknown label map 'nope'"
+    if kind == "complex":  # a voxel type no reader of ours handles (ITK's reorientation would raise)
+        img = sitk.GetImageFromArray((sitk.GetArrayFromImage(sitk.ReadImage(str(ct))) + 1j).astype(np.complex64))
+        img.CopyInformation(sitk.ReadImage(str(ct)))
+        sitk.WriteImage(img, str(ct))
+        return ct, lab, "btcv", "voxel type complex"
     raise ValueError(kind)
 
 
@@ -209,7 +215,7 @@ def test_bad_import_through_the_cli(kind, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("kind", ["grid", "nan", "constant", "empty-dicom", "map"])
+@pytest.mark.parametrize("kind", ["grid", "nan", "constant", "empty-dicom", "map", "complex"])
 def test_bad_import_is_one_line_and_writes_nothing(kind, tmp_path):
     image, label, lmap, needle = _bad_case(kind, tmp_path)
     out = tmp_path / "ds"
@@ -250,6 +256,48 @@ def test_yaml_label_maps(tmp_path):
         good.write_text(text)
         with pytest.raises(BenchError, match=needle.replace("[", r"\[").replace("]", r"\]")):
             load_label_map(str(good))
+
+
+@pytest.mark.parametrize("window", [(float("-inf"), float("inf")), (-125.0, float("nan")), (0.0, float("inf"))])
+def test_a_window_that_is_not_two_finite_numbers_is_refused(window, tmp_path):
+    ct, lab, _ = ct_pair(tmp_path / "src")
+    with pytest.raises(BenchError) as e:
+        import_case(ct, lab, BTCV, "case0001", tmp_path / "ds", window=window)
+    assert "--window" in str(e.value) and "finite" in str(e.value)
+    assert not (tmp_path / "ds").exists()
+
+
+@contextmanager
+def _memory_limit(extra: int):
+    """At most ``extra`` more bytes of address space for this process in the block (Linux)."""
+    import resource
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs /proc/self/status (Linux) to bound the test's memory")
+    size = next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines() if line.startswith("VmSize:"))
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("organs: {1: liver}\nmap: {6: 1}\nsource_ids: 0-3000000000\n", "source_ids"),
+    ("organs: {1: liver}\nmap: {6: 1}\nsource_ids: [0, 6, 4000000000]\n", "source_ids"),
+    ("organs: {1: liver}\nmap: {3000000000: 1}\n", "'map'"),
+    ("organs: {1: liver}\nmap: {6: 1}\nsource_ids: 13-0\n", "source_ids"),
+])
+def test_label_map_ids_are_bounded_before_anything_is_allocated(text, needle, tmp_path):
+    """A range of three billion ids was a MemoryError (a set, then a lookup table, of every id):
+    ids are 16-bit label values, checked where the file is read."""
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    with _memory_limit(1 << 30), pytest.raises(BenchError) as e:  # a MemoryError, not the machine's memory
+        load_label_map(str(path))
+    assert str(path) in str(e.value) and needle in str(e.value) and "65535" in str(e.value)
 
 
 # --- prepare-btcv -----------------------------------------------------------------------------

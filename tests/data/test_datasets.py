@@ -370,3 +370,27 @@ def test_prepare_acdc_stores_the_70_10_20_split(tmp_path):
     res = bench_cli("data", "prepare-acdc", str(tmp_path / "raw"), "--out", str(tmp_path / "again"))
     assert res.returncode == 2 and "patient042: missing" in res.stderr
     assert not (tmp_path / "again").exists()
+
+
+def test_a_stray_mask_value_beyond_the_classes_is_refused_not_a_class(tmp_path, monkeypatch):
+    """Masks of classes 0..3 with one value 200 (a stray pixel, a wrong export): refused, naming the mask,
+    instead of training a 201-class dataset; classes.txt declaring 200 classes makes it valid."""
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "classids"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[2:10, 2:10], mask[12:20, 2:10], mask[4:28, 20:30] = 1, 2, 3
+        if i == 2:
+            mask[0, 0] = 200
+        Image.fromarray((40 + 50 * mask % 200 + rng.integers(0, 20, mask.shape)).astype(np.uint8)).save(
+            root / "images" / f"p{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"p{i}.png")
+    with pytest.raises(BenchError) as e:
+        resolve_dataset(str(root), **quiet)
+    _one_line(e, str(root / "masks" / "p2.png"), "mask value 200", "0..3", "classes.txt")
+    assert not list((tmp_path / "cache").glob("images2d/*")) and not (root / "splits.json").exists()
+    (root / "classes.txt").write_text("\n".join(f"c{k}" for k in range(1, 201)) + "\n")  # declared: a class
+    assert resolve_dataset(str(root), **quiet).num_classes == 201

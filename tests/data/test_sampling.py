@@ -1,4 +1,5 @@
-"""Training batches: bit-identical to the pipeline's definition with 0 and 2 workers, and read per item."""
+"""Training batches: bit-identical to the pipeline's definition with 0 and 2 workers, read per item,
+each epoch covered once in an order that depends on (seed, iteration) only; augmentation drawn from its generator."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,3 +58,21 @@ def test_items_are_read_from_their_files_not_kept_in_the_process(ds, monkeypatch
     assert reads == [ds.train_slices[1]] * 2  # no copy of the slice stays behind (workers would each hold one)
     assert torch.equal(first[0], again[0])
     assert np.array_equal(first[1].numpy(), again[1].numpy())
+
+
+def test_batches_cover_each_epoch_once_and_depend_only_on_seed_and_iteration():
+    n, bs = 23, 5
+    epoch0 = [k for it in range(5) for k in batch_keys(n, bs, seed=3, iteration=it)]
+    assert sorted(i for _, i in epoch0) == list(range(n))  # last batch of the epoch is short
+    assert {e for e, _ in epoch0} == {0}
+    assert batch_keys(n, bs, 3, 7) == batch_keys(n, bs, 3, 7)
+    assert batch_keys(n, bs, 3, 5) != batch_keys(n, bs, 4, 5)
+    assert batch_keys(n, bs, 3, 5)[0][0] == 1
+
+
+def test_augmentation_is_a_function_of_its_generator():
+    img = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    lab = (img > 0.5).astype(np.int64)
+    a = augment(img, lab, Augmentation(), np.random.default_rng([1, 2, 3]))
+    b = augment(img, lab, Augmentation(), np.random.default_rng([1, 2, 3]))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

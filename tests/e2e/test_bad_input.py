@@ -1,10 +1,9 @@
 """Bad input is refused before any training: one line naming the file or option, exit status 2,
 nothing half-written. Run in process through ``bench.cli.main`` (the entry point's code path;
-every case fails in its checks, so no training starts)."""
+every case fails in its checks, so no training starts): the ``bench`` fixture of conftest.py."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,7 @@ import yaml
 from helpers import read_only
 from resume_runs import run_dir
 
-from bench.cli import main
 from bench.protocol import load_protocol
-
-
-@pytest.fixture()
-def bench(capsys, monkeypatch):
-    """``bench ARGS`` in this process: (exit status, stdout, stderr)."""
-
-    def call(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["bench", *map(str, args)])
-        with pytest.raises(SystemExit) as e:
-            main()
-        out, err = capsys.readouterr()
-        return e.value.code, out, err
-
-    return call
 
 
 def _one_line(code: int, err: str, *needles: str) -> None:
@@ -56,6 +40,7 @@ BAD_VALUES = [
     ({"loss.ce": 0, "loss.dice": 0}, "loss.ce and loss.dice are both 0"),
     ({"loss.dice": -1}, "key 'loss.dice': Input should be greater than or equal to 0"),
     ({"evaluation.batch_size": 0}, "key 'evaluation.batch_size': Input should be greater than or equal to 1"),
+    ({"evaluation.nsd_tolerance_mm": 0}, "key 'evaluation.nsd_tolerance_mm': Input should be greater than 0"),
     ({"base_lr": -0.01}, "key 'base_lr': Input should be greater than 0"),
     ({"base_lr": float("nan")}, "key 'base_lr'"),
     ({"seeds": [-1]}, "key 'seeds.0': Input should be greater than or equal to 0"),
@@ -72,9 +57,8 @@ def test_protocol_values_that_could_only_fail_later_are_refused_at_load(bench, t
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--iterations", "-3"], "invalid override iterations=-3: key 'iterations': Input should be greater than or "
-                             "equal to 1"),
-    (["--checkpoint-every", "0"], "invalid override checkpoint_every=0"),
+    (["--iterations", "-3"], "--set iterations=-3: key 'iterations': Input should be greater than or equal to 1"),
+    (["--checkpoint-every", "0"], "--set checkpoint_every=0"),
     (["--seeds", "0,-1"], "--seeds: seeds are integers >= 0, got '0,-1'"),
     (["--device", "cuda"], "--device cuda: CUDA is not available"),
     (["--device", "gpu"], "--device gpu: not a device; use auto, cpu, cuda, cuda:N or mps"),
@@ -165,3 +149,17 @@ def test_a_report_that_cannot_be_written_fails_the_command(bench, resume_protoco
 def test_an_os_error_on_a_path_the_user_gave_is_one_line(bench):
     code, _, err = bench("data", "synth", "--out", "/dev/null/synthetic")
     _one_line(code, err, "error: /dev/null")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_an_nsd_tolerance_that_is_no_positive_distance_is_one_line(bench, finished_run, tiny_dataset, tmp_path,
+                                                                    value):
+    """Item 6 and 13 of issue 25: a re-score and an external run refuse it before scoring; nothing changes."""
+    metrics = (finished_run / "metrics.parquet").read_bytes()
+    code, _, err = bench("evaluate", finished_run, "--nsd-tolerance", value)
+    _one_line(code, err, "--nsd-tolerance")
+    assert (finished_run / "metrics.parquet").read_bytes() == metrics
+    code, _, err = bench("evaluate", "--pred", finished_run / "predictions", "--ref", tiny_dataset, "--name", "tool",
+                         "--nsd-tolerance", value, "--results", tmp_path / "r")
+    _one_line(code, err, "--nsd-tolerance")
+    assert not (tmp_path / "r").exists()

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env
+from helpers import bench_cli, subprocess_env
 
 BENCH = Path(sys.executable).parent / "bench"  # the console script pip installed
 
@@ -55,3 +55,24 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 def test_help_works():
     res = _bench("--help")
     assert res.returncode == 0 and "run" in res.stdout and "paper" in res.stdout
+
+
+def test_an_inference_size_the_model_cannot_take_is_one_line(tmp_path):
+    res = bench_cli("run", "--models", "swinunet", "--protocol", "smoke", "--set", "evaluation.inference_size=448",
+                    "--results", str(tmp_path))
+    assert res.returncode == 2, res.stdout + res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert errors[0].startswith("error: swinunet cannot infer at evaluation.inference_size 448 under protocol "
+                                "smoke@evaluation.inference_size=448 (trained at 64): its weights at 448 differ")
+    assert not any(tmp_path.rglob("model.pt"))
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_the_track_help_names_the_extra(columns):
+    env = subprocess_env() | {"COLUMNS": columns}
+    if not BENCH.exists():
+        pytest.skip(f"no `bench` entry point beside {sys.executable}: install the project (pip install -e .)")
+    res = subprocess.run([str(BENCH), "run", "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    assert "'segbench[track]'" in res.stdout  # Rich reads [track] as markup unless it is escaped

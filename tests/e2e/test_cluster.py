@@ -2,7 +2,9 @@
 it with ``.ci/minislurm.py``) and a Ray started by the command.
 
 - a 2 models x 2 seeds sweep under ``smoke`` gives metrics identical to the local run of the
-  same command, through Slurm (submit and return, ``bench status``, then ``--wait``) and Ray;
+  same command, through Slurm (submit and return, ``bench status``, then ``--wait``) and Ray, all
+  with the default options and environment (no OMP_NUM_THREADS): each executor gives each run the
+  protocol's thread count, whatever it would have given otherwise (issue 27);
 - a run under ``cpu`` (60 iterations, a checkpoint every 10) gets ``scancel --signal=USR1``
   after its first checkpoint (it checkpoints, requeues itself and resumes), then a hard
   ``scontrol requeue``; it ends with the metrics and losses of an uninterrupted run;
@@ -37,6 +39,7 @@ SWEEP = ["run", "--models", f"swinunet-nano,{FAST}", "--seeds", "0,1", "--protoc
 RUNS = [(m, s) for m in ("swinunet-nano", FAST) for s in (0, 1)]
 PREEMPT = ["run", "--models", FAST, "--seeds", "0", "--protocol", "cpu", "--iterations", "60",
            "--checkpoint-every", "10", "--drop-weights"]
+PREEMPT_PROTOCOL = "cpu@checkpoint_every=10,iterations=60"  # the shorthands are --set overrides
 
 
 def _need(reason: str | None, require_env: str) -> None:
@@ -80,6 +83,14 @@ def ray():
           "SEGBENCH_REQUIRE_RAY")
 
 
+def _as_a_user(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m bench ARGS`` in a user's environment: no OMP_NUM_THREADS (``bench_cli`` sets it to 1),
+    so each executor's own default would decide the thread count if the protocol did not."""
+    env = {k: v for k, v in subprocess_env().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return subprocess.run([sys.executable, "-m", "bench", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def _where(out: Path) -> list[str]:
     return ["--results", str(out / "results"), "--reports", str(out / "reports")]
 
@@ -99,21 +110,35 @@ def _manifest(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def local_sweep(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local")
-    res = bench_cli(*SWEEP, "--dataset", str(tiny_dataset), *_where(out))
+    t0 = time.perf_counter()
+    res = _as_a_user(*SWEEP, "--dataset", str(tiny_dataset), *_where(out))
+    print(f"local sweep: {time.perf_counter() - t0:.1f} s")
     assert res.returncode == 0, res.stdout + res.stderr
     return out / "results"
 
 
 def _same_metrics(local: Path, other: Path, protocol: str = "smoke", runs=RUNS) -> None:
+    """Bit for bit: the metric values, and every column; the largest difference is printed (0.0)."""
     for model, seed in runs:
         a, b = _metrics(_run_dir(local, model, seed, protocol)), _metrics(_run_dir(other, model, seed, protocol))
+        print(f"{model} seed {seed}: {len(a)} metric rows, max |difference| "
+              f"{(a['value'] - b['value']).abs().max() if len(a) == len(b) else 'n/a'}")
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def _protocol_threads(results: Path, protocol: str = "smoke", runs=RUNS) -> None:
+    """Every run trained with the protocol's threads (smoke: 1), on the CPU family it recorded."""
+    for model, seed in runs:
+        m = _manifest(_run_dir(results, model, seed, protocol))
+        assert (m["threads"], m["threads_applied"], m["protocol"]["threads"]) == (1, True, 1), m["executor"]
+        assert m["cpu_vendor"] and m["cpu"]
 
 
 def test_a_slurm_sweep_submits_returns_and_waits_with_the_metrics_of_a_local_run(local_sweep, slurm, jobs,
                                                                                  tiny_dataset, tmp_path):
-    args = [*SWEEP, "--dataset", str(tiny_dataset), *_where(tmp_path), "--executor", "slurm", "--max-parallel", "2"]
-    res = bench_cli(*args)
+    args = [*SWEEP, "--dataset", str(tiny_dataset), *_where(tmp_path), "--executor", "slurm"]
+    t0 = time.perf_counter()
+    res = _as_a_user(*args)
     assert res.returncode == 0, res.stdout + res.stderr
     job = re.search(r"submitted 4 runs as Slurm job (\d+) \(per run: 0 GPUs, 1 CPU", res.stdout).group(1)
     jobs.append(job)
@@ -124,11 +149,14 @@ def test_a_slurm_sweep_submits_returns_and_waits_with_the_metrics_of_a_local_run
     for k in range(4):
         assert re.search(rf"(pending|running|complete)\s*│\s*{job}_{k}\b", status.stdout), status.stdout
 
-    res = bench_cli(*args, "--wait")  # the same command again: nothing is submitted twice
+    res = _as_a_user(*args, "--wait")  # the same command again: nothing is submitted twice
+    print(f"slurm sweep (submit, status, --wait): {time.perf_counter() - t0:.1f} s")
     assert res.returncode == 0, res.stdout + res.stderr
     assert not re.search(r"submitted \d+ run", res.stdout) and "DSC %" in res.stdout
     assert res.stdout.count("not submitted again") + res.stdout.count("already complete") == 4
     _same_metrics(local_sweep, results)
+    _protocol_threads(local_sweep)
+    _protocol_threads(results)
     tasks = set()
     for model, seed in RUNS:
         ex = _manifest(_run_dir(results, model, seed))["executor"]
@@ -141,11 +169,16 @@ def test_a_slurm_sweep_submits_returns_and_waits_with_the_metrics_of_a_local_run
 
 def test_a_ray_sweep_has_the_metrics_of_a_local_run(local_sweep, ray, tiny_dataset, tmp_path):
     args = [*SWEEP, "--dataset", str(tiny_dataset), *_where(tmp_path), "--executor", "ray"]
-    res = bench_cli(*args)
+    t0 = time.perf_counter()
+    res = _as_a_user(*args)
+    print(f"ray sweep: {time.perf_counter() - t0:.1f} s")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "started on this machine" in res.stdout and "DSC %" in res.stdout
+    assert "per run 0 GPUs and 1 CPU," in res.stdout  # smoke's 1 thread, no data-loader workers
     results = tmp_path / "results"
     _same_metrics(local_sweep, results)
+    _protocol_threads(local_sweep)
+    _protocol_threads(results)
     ids = set()
     for model, seed in RUNS:
         ex = _manifest(_run_dir(results, model, seed))["executor"]
@@ -203,7 +236,7 @@ def test_a_preempted_then_requeued_slurm_run_ends_as_an_uninterrupted_one(slurm,
     proc = subprocess.Popen([sys.executable, "-m", "bench", *PREEMPT, *data, *_where(tmp_path / "slurm"),
                              "--executor", "slurm", "--wait"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    run_dir = _run_dir(tmp_path / "slurm" / "results", FAST, 0, "cpu")
+    run_dir = _run_dir(tmp_path / "slurm" / "results", FAST, 0, PREEMPT_PROTOCOL)
     try:
         marker = _until("the submission", lambda: (run_dir / "job.json").exists() and
                         json.loads((run_dir / "job.json").read_text()), proc=proc)
@@ -233,7 +266,7 @@ def test_a_preempted_then_requeued_slurm_run_ends_as_an_uninterrupted_one(slurm,
     resumed = [int(i) for i in re.findall(rf"resuming {FAST} seed 0 from iteration (\d+) of 60", text)]
     assert resumed[0] == stopped and len(resumed) == 2 and resumed[1] > stopped
     assert "(restart 2)" in text and _manifest(run_dir)["executor"]["restarts"] == 2
-    ref_dir = _run_dir(tmp_path / "ref" / "results", FAST, 0, "cpu")
+    ref_dir = _run_dir(tmp_path / "ref" / "results", FAST, 0, PREEMPT_PROTOCOL)
     pd.testing.assert_frame_equal(_metrics(ref_dir), _metrics(run_dir), check_exact=True)
     assert _losses(ref_dir) == _losses(run_dir) and len(_losses(run_dir)) == 60
     assert "DSC %" in out

@@ -32,11 +32,12 @@ def test_protocol_show_and_list():
     assert "batch_size: 8\n" in plain.stdout and "batch_size: 4\n" in four.stdout
     assert "precision: fp32\n" in plain.stdout and "cudnn: {benchmark: false, deterministic: true}" in plain.stdout
     assert four.stdout.startswith("# protocol cpu@batch_size=4, hash ")
-    assert _hash(plain.stdout) == "fa8168cc9c5a" != _hash(four.stdout)
+    assert "threads: 2\n" in plain.stdout
+    assert _hash(plain.stdout) == "8a5838133ca4" != _hash(four.stdout)  # cpu says threads: 2 since issue 27
     listed = _cli("protocol", "list")
     assert listed.returncode == 0
     assert [line.split()[:2] for line in listed.stdout.splitlines()] == [
-        ["cpu", "fa8168cc9c5a"], ["paper", "2e19206b078d"], ["smoke", "8de84022456a"]]
+        ["cpu", "8a5838133ca4"], ["paper", "2e19206b078d"], ["smoke", "b906b8ec34f9"]]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -79,16 +80,42 @@ def test_bf16_on_a_cpu_is_its_own_run_and_is_recorded(runs):
     assert fp32["status"] == bf16["status"] == "complete"
     assert (fp32["precision"], fp32["autocast"]) == ("fp32", None)
     assert (bf16["precision"], bf16["autocast"], bf16["protocol"]["precision"]) == ("bf16", "bfloat16", "bf16")
-    assert fp32["protocol_hash"] == "8de84022456a" != bf16["protocol_hash"] and fp32["key"] != bf16["key"]
+    assert fp32["protocol_hash"] == "b906b8ec34f9" != bf16["protocol_hash"] and fp32["key"] != bf16["key"]
     for m in (fp32, bf16):
         assert m["bit_reproducible"] is True and m["cudnn"]["applied"] is False
         assert 100 < m["peak_host_memory_mb"] < 20_000
-    # never pooled: one report over both folders names the difference and stops
-    res = bench_cli("report", "--results", str(out / "results"), "--out", str(out / "mixed"))
-    assert res.returncode == 2 and "not comparable" in res.stderr and "precision" in res.stderr
+    # never pooled: one report per cohort, and an index that tells them apart by their precision
+    res = bench_cli("report", "--results", str(out / "results"), "--reports", str(out / "mixed"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    index = (out / "mixed" / "index.md").read_text()
+    assert "2 cohorts" in index and all(f"| {m['protocol_hash']} | {m['precision']} |" in index for m in (fp32, bf16))
     md = (out / "reports" / "tiny" / TRACKED_PROTOCOL / "report.md").read_text()
-    assert f"protocol {TRACKED_PROTOCOL} (hash {bf16['protocol_hash']}, bf16)" in md
+    assert f"protocol {TRACKED_PROTOCOL} (hash {bf16['protocol_hash']}, bf16, 1 thread on a CPU)" in md
     assert "peak host memory (MB)" in md
+
+
+def test_two_thread_counts_give_two_run_folders_never_pooled(tiny_dataset, tmp_path):
+    """smoke (1 thread) and smoke@threads=2: two recipes, two folders, as the manifests record, even
+    though the environment asks for 1 thread (subprocess_env sets OMP_NUM_THREADS=1)."""
+    common = ["run", "--models", MODEL, "--protocol", "smoke", "--dataset", str(tiny_dataset), "--results",
+              str(tmp_path / "results"), "--reports", str(tmp_path / "reports"), "--drop-weights", "--no-report"]
+    for extra in ([], ["--set", "threads=2"]):
+        res = _cli(*common, *extra)
+        assert res.returncode == 0, res.stdout + res.stderr
+    folders = sorted(p.parent.relative_to(tmp_path / "results") for p in
+                     (tmp_path / "results").glob("*/*/*/seed*/manifest.json"))
+    assert folders == [Path("tiny/smoke") / MODEL / "seed0", Path("tiny/smoke@threads=2") / MODEL / "seed0"]
+    one, two = (json.loads((tmp_path / "results" / f / "manifest.json").read_text()) for f in folders)
+    assert (one["threads"], one["protocol"]["threads"], two["threads"], two["protocol"]["threads"]) == (1, 1, 2, 2)
+    assert one["threads_applied"] is two["threads_applied"] is True and one["cpu_vendor"]
+    assert one["protocol_hash"] == "b906b8ec34f9" != two["protocol_hash"] and one["key"] != two["key"]
+    again = _cli(*common, "--set", "threads=2")  # the same command again reuses its own run
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stdout
+    res = bench_cli("report", "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "mixed"))
+    assert res.returncode == 0, res.stdout + res.stderr  # never pooled: a report per thread count, and an index
+    index = (tmp_path / "mixed" / "index.md").read_text()
+    assert "2 cohorts" in index
+    assert all(f"| {m['protocol_hash']} | fp32 | {m['threads']} |" in index for m in (one, two))
 
 
 def test_validation_scores_held_out_training_cases_during_the_run(runs):

@@ -70,10 +70,68 @@ def test_completed_runs_are_skipped_and_force_redoes_them(smoke_run, tiny_datase
 
 def test_other_settings_in_a_completed_folder_are_refused(smoke_run, tiny_dataset):
     out, _ = smoke_run
+    weights = _run_dir(out, "unet") / "model.pt"  # starting from weights is another run in the same folder
     res = bench_cli("run", "--models", "unet", "--protocol", "smoke", "--dataset", str(tiny_dataset),
-                    "--results", str(out / "results"), "--lr", "0.02")
+                    "--results", str(out / "results"), "--weights", f"unet={weights}")
     assert res.returncode == 2
     assert "different settings" in res.stderr and "--force" in res.stderr
+
+
+def test_a_budget_override_and_the_default_run_sit_side_by_side(smoke_run, tiny_dataset):
+    """--iterations 3 beside the default run: its own folder, report title, fairness line and description."""
+    out, _ = smoke_run
+    stamp = (_run_dir(out, "unet") / "metrics.parquet").stat().st_mtime_ns
+    res = bench_cli("run", "--models", "unet", "--protocol", "smoke", "--iterations", "3", "--dataset",
+                    str(tiny_dataset), "--results", str(out / "results"), "--reports", str(out / "reports"),
+                    "--drop-weights")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((out / "results" / "tiny" / "smoke@iterations=3" / "unet" / "seed0" / "manifest.json").read_text())
+    assert m["iterations"] == 3 and m["protocol_name"] == "smoke@iterations=3"
+    assert m["protocol"]["description"].endswith("[then changed: iterations=3]")  # not the file's text alone
+    assert (_run_dir(out, "unet") / "metrics.parquet").stat().st_mtime_ns == stamp  # the default run stays
+    for name in ("smoke", "smoke@iterations=3"):
+        report = (out / "reports" / "tiny" / name / "report.md").read_text()
+        assert report.startswith(f"# segbench report: tiny / {name}\n")
+        assert f"protocol {name} (hash " in report
+
+
+def _default_study(results: Path, model: str, lr: float, value: float, untrained: float) -> None:
+    """A study under the name `bench run --lr tuned` looks for, with one completed trial (no training)."""
+    import optuna
+
+    from bench.experiments.tune.studies import default_storage_url, load_or_create_study, open_storage, study_name
+    from bench.protocol import load_protocol
+
+    study = load_or_create_study(open_storage(default_storage_url(results)),
+                                 study_name("tiny", model, load_protocol("smoke")),
+                                 {"model": model, "untrained_dsc": untrained})
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=dist, value=value))
+
+
+def test_default_and_tuned_lr_runs_sit_side_by_side_in_one_report(smoke_run, tiny_dataset):
+    """--lr tuned after a default run is another run (unet@lr=tuned), not a conflict; --lr default,tuned
+    reports both, with the LR as the column that differs and the paired test of the difference."""
+    out, _ = smoke_run
+    _default_study(out / "results", "unet", 0.02, 0.5, untrained=0.1)
+    res = bench_cli("run", "--models", "unet", "--protocol", "smoke", "--lr", "default,tuned", "--dataset",
+                    str(tiny_dataset), "--results", str(out / "results"), "--reports", str(out / "reports"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    said = " ".join(res.stdout.split())
+    assert "unet seed 0: skipped (already complete)" in said and "Is the LR to blame?" in said
+    assert "unet@lr=tuned vs unet: lr 0.02 (tuned, trial 0) vs 0.01 (protocol)" in said
+    tuned = json.loads((out / "results" / "tiny" / "smoke" / "unet@lr=tuned" / "seed0" / "manifest.json").read_text())
+    assert tuned["lr"] == 0.02 and tuned["protocol_hash"] == json.loads(
+        (_run_dir(out, "unet") / "manifest.json").read_text())["protocol_hash"]
+    folder = out / "reports" / "tiny" / "smoke"
+    report = (folder / "report.md").read_text()
+    assert "| unet@lr=tuned |" in report and "| unet |" in report and "Mixed" not in report
+    assert "| model | mean | aorta |" in report and "| seeds | cases | lr |" in report  # the LR column
+    effect = pd.read_csv(folder / "csv" / "lr_effect.csv")
+    cases = pd.read_csv(folder / "csv" / "per_case.csv")
+    mean = cases[cases["model"] == "unet@lr=tuned"].groupby("case")["dice"].mean().mean()
+    assert list(effect["model"]) == ["unet@lr=tuned"] and list(effect["baseline"]) == ["unet"]
+    assert effect["mean"].iloc[0] == pytest.approx(mean)
 
 
 def test_same_seed_gives_identical_metrics(smoke_run, tiny_dataset, tmp_path):
@@ -162,8 +220,12 @@ def test_evaluate_scores_a_false_positive_by_the_convention(smoke_run, tiny_data
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["dataset"]["root"] = str(data)  # same case lists, so the same fingerprint
     (run / "manifest.json").write_text(json.dumps(manifest))
+    from bench.engine.evaluation import evaluated_slices
+    from bench.protocol import load_protocol
+
     pred = np.zeros(label.shape, np.uint8)
-    pred[10:12, 20:30, 20:30] = 2  # ... but predicted
+    z = evaluated_slices(len(label), load_protocol("smoke").evaluation).start  # in the slab smoke scores
+    pred[z:z + 2, 20:30, 20:30] = 2  # ... but predicted
     np.savez_compressed(run / "predictions" / "case0001.npz", pred=pred)
     for convention, dice, hd95 in (("strict", 0.0, None), ("synapse", 1.0, 0.0)):
         res = bench_cli("evaluate", str(run), "--convention", convention)
@@ -176,3 +238,20 @@ def test_evaluate_scores_a_false_positive_by_the_convention(smoke_run, tiny_data
             assert value["hd95"] == hd95
         else:  # the worst case: the diagonal of the volume's extent, in mm
             assert value["hd95"] > 50
+
+
+def test_a_budget_flag_and_its_set_override_are_one_run(tiny_dataset, tmp_path):
+    """--iterations 3 is --set iterations=3: one protocol name, one folder, trained once."""
+    where = ["--dataset", str(tiny_dataset), "--results", str(tmp_path / "r"), "--reports", str(tmp_path / "rep"),
+             "--no-report", "--drop-weights"]
+    first = bench_cli("run", "--models", "swinunet-nano", "--protocol", "smoke", "--iterations", "3", *where)
+    assert first.returncode == 0, first.stdout + first.stderr
+    run = tmp_path / "r" / "tiny" / "smoke@iterations=3" / "swinunet-nano" / "seed0"
+    assert json.loads((run / "manifest.json").read_text())["iterations"] == 3
+    stamp = (run / "metrics.parquet").stat().st_mtime_ns
+    second = bench_cli("run", "--models", "swinunet-nano", "--protocol", "smoke", "--set", "iterations=3", *where)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "swinunet-nano seed 0: skipped (already complete)" in second.stdout
+    assert "iteration" not in second.stdout.replace("iterations=3", "")
+    assert (run / "metrics.parquet").stat().st_mtime_ns == stamp
+    assert [p.parent.name for p in (tmp_path / "r" / "tiny").glob("*/swinunet-nano")] == ["smoke@iterations=3"]

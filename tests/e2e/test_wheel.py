@@ -68,7 +68,7 @@ def test_the_wheel_is_what_runs(installed):
     assert all(p.startswith(str(target)) for p in res.stdout.split()), res.stdout
     shipped = {p.relative_to(target).as_posix() for p in target.rglob("*.yaml")}
     assert {"bench/protocols/cpu.yaml", "bench/protocols/paper.yaml", "bench/protocols/smoke.yaml",
-            "bench/experiments/published/swin-unet.yaml"} <= shipped
+            "bench/experiments/published/swin-unet.yaml", "bench/experiments/benchmarks/builtin.yaml"} <= shipped
     assert not any(p.startswith("tests/") for p in shipped)
 
 
@@ -80,7 +80,15 @@ def test_paper_table_from_the_installed_wheel(installed, tiny_dataset):
                       "--iterations", "1", "--drop-weights", "--results", str(work / "results"),
                       "--out", str(work / "reports"), cwd=work)
     assert res.returncode == 0, res.stdout + res.stderr
-    table = (work / "reports" / "tiny" / "smoke" / "papers" / "swin-unet-synapse" / "table.md").read_text()
+    table = (work / "reports" / "tiny" / "smoke@iterations=1" / "papers" / "swin-unet-synapse" / "table.md").read_text()
     assert "79.13" in table  # Swin-Unet's published DSC on Synapse
     assert "| swinunet | ours |" in table
     assert os.path.commonpath([str(ROOT), str(work)]) != str(ROOT)  # it really ran outside the checkout
+
+
+def test_the_shipped_benchmark_spec_is_found_by_name_from_the_wheel(installed):
+    """`bench benchmark builtin` reads the spec inside the wheel (a bad --set stops it before any data or run)."""
+    base, target = installed
+    res = _from_wheel(target, "benchmark", "builtin", "--set", "input_sise=96", "--results", str(base / "r"), cwd=base)
+    assert res.returncode == 2 and "--set: unknown key 'input_sise'" in res.stderr, res.stderr
+    assert not (base / "r").exists()

@@ -4,7 +4,7 @@ The protocol is `smoke` at the `cpu` protocol's input and batch size, so a model
 the default protocol's geometry (window sizes, encoder strides, memory) fails here, not in a
 user's ten-minute run. The values mean nothing; every run must complete with a metric row per
 test case and organ. `--drop-weights` keeps the disk use to one model's weights at a time
-(all 22 models' weights are about 4.4 GB).
+(all 38 models' weights are about 6 GB).
 """
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path: Path):
 def test_training_resumed_from_a_checkpoint_equals_training_through(tiny_dataset, tmp_path: Path):
     """In process, with drop-path: stopped after iteration 4 (checkpoint at 3), trained again to 6."""
     ds = open_synapse(tiny_dataset, "tiny", SYNAPSE_ORGANS)
-    proto = load_protocol("smoke").override(iterations=6, checkpoint_every=3, input_size=32)
+    proto = load_protocol("smoke").derive(iterations=6, checkpoint_every=3, input_size=32)
 
     def run(folder: Path, stop_at: int | None = None) -> dict:
         torch.manual_seed(0)

@@ -50,6 +50,17 @@ def _slurm_env(monkeypatch, job: str, restarts: int) -> None:
     monkeypatch.setenv("SLURM_RESTART_COUNT", str(restarts))
 
 
+def test_run_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_path: Path):
+    p, _ = _holding(tmp_path)
+    with pytest.raises(RunLocked, match=f"pid {p.pid}"):
+        with run_lock(tmp_path):
+            pass
+    p.kill()  # SIGKILL: no cleanup runs, the kernel still releases the lock
+    p.join()
+    with run_lock(tmp_path):
+        pass
+
+
 def test_the_flock_holder_names_its_slurm_job(tmp_path):
     p, release = _holding(tmp_path, {"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3"})
     try:

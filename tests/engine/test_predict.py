@@ -16,11 +16,14 @@ from helpers import bench_cli
 from PIL import Image
 from scipy import ndimage
 
-from bench.data.inputs import PALETTE, find_inputs, overlay
+from bench.data.inputs import find_inputs
+from bench.data.overlays import PALETTE, contour_width, overlay, side_by_side
 from bench.data.resolve import resolve_dataset
 from bench.engine.inference import predict_volume
 from bench.engine.predict import from_run, predict_inputs
-from bench.engine.runner import RunSpec, execute
+from bench.engine.runner import execute
+from bench.engine.runs import RunSpec
+from bench.engine.settings import RunSettings
 from bench.errors import BenchError
 from bench.protocol import load_protocol
 
@@ -156,6 +159,37 @@ def test_a_corrupt_input_is_one_line_and_the_rest_are_written(trained_run, tiny_
     written = sorted(f.name for f in (tmp_path / "out").iterdir())
     assert written == ["good.nii.gz", "good_overlay.png"]  # nothing of the bad input, no temporary files
     assert np.asarray(Image.open(tmp_path / "out" / "good_overlay.png")).shape == (64, 64, 3)
+    # piped output: the header line, then a progress line per input
+    assert res.stdout.startswith(f"protocol smoke ({load_protocol('smoke').hash()}), dataset tiny (the run's), "
+                                 "device cpu, lr 0.01 (protocol)"), res.stdout
+    assert "predict: input 1/2  bad" in res.stdout and "predict: input 2/2  good" in res.stdout
+
+
+def test_reference_masks_are_drawn_beside_the_prediction(trained_run, tiny_dataset, tmp_path):
+    src, refs = tmp_path / "in", tmp_path / "refs"
+    src.mkdir()
+    refs.mkdir()
+    sitk.WriteImage(_lps(_hu(tiny_dataset, slice(20, 26))), str(src / "a.nii.gz"))
+    with h5py.File(tiny_dataset / "test_vol_h5" / "case0001.npy.h5") as f:
+        truth = f["label"][20:26].astype(np.uint8)
+    sitk.WriteImage(_lps(truth), str(refs / "a.nii.gz"))
+    res = bench_cli("predict", str(trained_run), "--input", str(src), "--out", str(tmp_path / "out"),
+                    "--reference", str(refs), "--fill")
+    assert res.returncode == 0, res.stdout + res.stderr
+    drawn = np.asarray(Image.open(tmp_path / "out" / "a_overlay.png"))
+    assert drawn.shape[1] == 2 * 64 + 8 and drawn.shape[0] > 64  # reference and prediction side by side
+    band = 11 + 8
+    z = int(np.argmax((truth > 0).reshape(6, -1).sum(axis=1)))  # the reference's busiest slice
+    image = np.clip((_hu(tiny_dataset, slice(20, 26))[z] + 125) / 400, 0, 1)
+    assert np.array_equal(drawn[band:band + 64, :64], overlay(image, truth[z], fill=True))
+    # a reference on another grid, or a missing one: one line naming it, nothing written
+    sitk.WriteImage(_lps(truth, spacing=(1.0, 0.8, 3.0)), str(refs / "a.nii.gz"))
+    res = bench_cli("predict", str(trained_run), "--input", str(src), "--out", str(tmp_path / "bad"),
+                    "--reference", str(refs))
+    assert res.returncode == 2 and "reference" in res.stderr and str(refs / "a.nii.gz") in res.stderr
+    res = bench_cli("predict", str(trained_run), "--input", str(src), "--out", str(tmp_path / "none"),
+                    "--reference", str(tmp_path))
+    assert res.returncode == 2 and "no mask for 1 input(s): a" in res.stderr and not (tmp_path / "none").exists()
 
 
 def test_bad_run_folders_and_inputs_are_named(trained_run, tmp_path):
@@ -207,8 +241,8 @@ def colour_run(tmp_path_factory):
         mp.setenv("SEGBENCH_CACHE", str(base / "cache"))
         ds = resolve_dataset(str(folder), **quiet)
         protocol = load_protocol("smoke")
-        out = execute(RunSpec("swinunet", 0, protocol.effective_lr(), "protocol"), protocol, ds, base / "results",
-                      CPU, **quiet)
+        out = execute(RunSpec("swinunet", 0, protocol.effective_lr(), "protocol"), protocol, ds,
+                      RunSettings(results=base / "results"), CPU, **quiet)
     assert out.status == "complete", out.message
     return out.path
 
@@ -252,10 +286,11 @@ def test_pngs_of_other_sizes_are_predicted_at_their_size_in_the_training_convent
     expected = logits.argmax(1)[0].numpy().astype(np.uint8)
     assert 0 < expected.sum() < expected.size  # something and not everything: the comparison means something
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "wide.png")), expected * 255)
-    # the overlay: the image with the mask's contour (its boundary pixels) in the first class colour
+    # the overlay: the image with the mask's contour (its boundary, 2 px inside) in the first class colour
     drawn = (np.asarray(Image.open(tmp_path / "out" / "wide_overlay.png")) == PALETTE[0]).all(axis=2)
     mask = expected > 0
-    assert np.array_equal(drawn, mask & ~ndimage.binary_erosion(mask, border_value=1))
+    assert contour_width(mask.shape) == 2
+    assert np.array_equal(drawn, mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=1))
 
 
 def test_overlay_draws_each_class_contour_over_the_image():
@@ -266,8 +301,199 @@ def test_overlay_draws_each_class_contour_over_the_image():
     assert out.shape == (512, 512, 3) and out.dtype == np.uint8
     for k in (1, 3):
         mask = label == k
-        ring = mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=1)  # 2 px wide at 512
+        ring = mask & ~ndimage.binary_erosion(mask, iterations=4, border_value=1)  # 4 px wide at 512
         drawn = (out == PALETTE[k - 1]).all(axis=2)
         assert np.array_equal(drawn, ring)
-    untouched = ~np.isin(label, [1, 3]) | ndimage.binary_erosion(label > 0, iterations=2, border_value=1)
-    assert np.array_equal(out[untouched], np.repeat((255 * gray[untouched])[:, None], 3, axis=1).astype(np.uint8))
+    untouched = ~np.isin(label, [1, 3]) | ndimage.binary_erosion(label > 0, iterations=4, border_value=1)
+    plain = np.repeat((255 * gray)[..., None], 3, axis=2).astype(np.uint8)
+    assert np.array_equal(out[untouched], plain[untouched])
+    # --fill: inside each class, the image shows through its colour (35%); outside, nothing changes
+    filled = overlay(gray, label, fill=True)
+    inside = ndimage.binary_erosion(label == 1, iterations=4, border_value=1)
+    expected = (0.65 * plain[inside] + 0.35 * np.array(PALETTE[0])).astype(np.uint8)
+    assert np.array_equal(filled[inside], expected) and np.array_equal(filled[label == 0], plain[label == 0])
+    assert np.array_equal((filled == PALETTE[0]).all(axis=2), (out == PALETTE[0]).all(axis=2))  # same contours
+
+
+def test_side_by_side_shows_the_reference_left_the_prediction_right_and_a_legend():
+    gray = np.linspace(0, 1, 128 * 160, dtype=np.float32).reshape(128, 160)
+    pred, ref = np.zeros((128, 160), np.uint8), np.zeros((128, 160), np.uint8)
+    pred[20:60, 20:60], ref[30:70, 30:70], ref[90:110, 100:140] = 1, 1, 2
+    out = side_by_side(gray, pred, ref, {1: "aorta", 2: "gallbladder"})
+    band = max(11, 128 // 32) + 8
+    assert out.shape[1] == 2 * 160 + 8 and out.shape[0] > band + 128  # captions above, a legend below
+    assert np.array_equal(out[band:band + 128, :160], overlay(gray, ref))
+    assert np.array_equal(out[band:band + 128, 168:], overlay(gray, pred))
+    legend = out[band + 128:]
+    for k in (1, 2):  # both classes in the legend, in their colours (the prediction has no class 2)
+        assert (legend == PALETTE[k - 1]).all(axis=2).sum() >= 100
+
+
+# --- nothing a user gave is written over (issue 25) ----------------------------------------------
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_an_out_folder_that_is_or_holds_an_input_is_refused(bench, trained_run, tiny_dataset, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    sitk.WriteImage(_lps(_hu(tiny_dataset, slice(20, 26))), str(scans / "ct.nii.gz"))
+    before = _tree(scans)
+    for given in (scans, scans / "ct.nii.gz"):  # the folder of inputs, or the folder holding the one input
+        code, _, err = bench("predict", trained_run, "--input", given, "--out", scans)
+        _one_line(code, err, f"--out {scans}", str(scans / "ct.nii.gz"))
+        assert _tree(scans) == before  # the CT itself is not written over, and nothing is added beside it
+    code, _, err = bench("predict", trained_run, "--input", scans, "--out", tmp_path / "scans" / ".." / "scans")
+    _one_line(code, err, "--out")  # the same folder, however it is spelt
+    assert _tree(scans) == before
+
+
+def test_output_names_that_collide_are_refused_before_anything_is_written(colour_run, tmp_path):
+    """x.png's overlay and x_overlay.png's mask would be one file: the second input is refused, x's overlay kept."""
+    src = tmp_path / "d"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("x", "x_overlay"):
+        Image.fromarray(_colour_image(rng, (40, 48))[0]).save(src / f"{name}.png")
+    said: list[str] = []
+    summary = predict_inputs(from_run(colour_run), find_inputs(src)[0], tmp_path / "o", CPU, with_overlay=True,
+                             say=said.append)
+    assert [inp.name for inp, _ in summary.failed] == ["x_overlay"]
+    assert "x_overlay.png" in summary.failed[0][1] and "overlay of" in summary.failed[0][1]
+    assert sorted(f.name for f in (tmp_path / "o").iterdir()) == ["x.png", "x_overlay.png"]
+    assert np.asarray(Image.open(tmp_path / "o" / "x_overlay.png")).shape == (40, 48, 3)  # x's overlay, not a mask
+
+
+def test_a_dot_input_is_named_after_its_folder(bench, trained_run, tiny_dataset, tmp_path, monkeypatch):
+    series = tmp_path / "patient7"
+    _write_dicom(_lps(_hu(tiny_dataset, slice(20, 26))), series)
+    monkeypatch.chdir(series)
+    code, out, err = bench("predict", trained_run, "--input", ".", "--out", "o")
+    assert code == 0, out + err
+    assert [f.name for f in (series / "o").iterdir()] == ["patient7.nii.gz"]  # not the hidden o/.nii.gz
+
+
+# --- every value checked where it enters -----------------------------------------------------------
+
+@pytest.mark.parametrize("window", [("-inf", "inf"), ("0", "inf"), ("nan", "100")])
+def test_a_window_that_is_not_two_finite_numbers_is_one_line(bench, trained_run, tiny_dataset, tmp_path, window):
+    ct = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(_lps(_hu(tiny_dataset, slice(20, 26))), str(ct))
+    code, _, err = bench("predict", trained_run, "--input", ct, "--out", tmp_path / "o", "--window", *window)
+    _one_line(code, err, "--window", "finite")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_complex_volume_is_one_line_and_the_other_inputs_are_written(bench, trained_run, tiny_dataset, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    hu = _hu(tiny_dataset, slice(20, 26))
+    sitk.WriteImage(_lps((hu + 1j).astype(np.complex64)), str(src / "a_complex.nii.gz"))
+    sitk.WriteImage(_lps(hu), str(src / "b_good.nii.gz"))
+    code, out, err = bench("predict", trained_run, "--input", src, "--out", tmp_path / "o")
+    assert code == 2 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(src / "a_complex.nii.gz") in errors[0] and "voxel type complex" in errors[0]
+    assert "1 of 2 input(s) segmented" in out
+    assert [f.name for f in (tmp_path / "o").iterdir()] == ["b_good.nii.gz"]
+
+
+def _input(tiny: Path, folder: Path) -> Path:
+    """A small CT (NIfTI) to segment."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(_lps(_hu(tiny, slice(20, 26))), str(folder / "ct.nii.gz"))
+    return folder / "ct.nii.gz"
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock")))
+
+
+def test_a_manifest_whose_knobs_set_what_the_dataset_decides_is_one_line(bench, trained_run, tiny_dataset, tmp_path):
+    run = _copy_run(trained_run, tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["knobs"] = {"num_classes": 3}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = bench("predict", run, "--input", _input(tiny_dataset, tmp_path / "in"), "--out", tmp_path / "o")
+    _one_line(code, err, str(run / "manifest.json"), "num_classes")
+
+
+def test_a_torn_manifest_is_named_as_torn_not_missing(bench, trained_run, tiny_dataset, tmp_path):
+    run = _copy_run(trained_run, tmp_path / "run")
+    (run / "manifest.json").write_text('{"status": "compl')
+    ct = _input(tiny_dataset, tmp_path / "in")
+    for args in (["predict", run, "--input", ct, "--out", tmp_path / "o"], ["evaluate", run]):
+        code, _, err = bench(*args)
+        _one_line(code, err, str(run / "manifest.json"), "unreadable")
+        assert "no manifest.json" not in err
+
+
+@pytest.mark.parametrize("kind", ["planted", "garbage"])
+def test_a_weights_file_that_is_refused_never_suggests_loading_it_unsafely(bench, trained_run, tiny_dataset, tmp_path,
+                                                                          kind):
+    import os
+    import pickle
+
+    class Planted:
+        def __reduce__(self):
+            return os.system, ("echo planted",)
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(pickle.dumps(Planted()) if kind == "planted" else b"garbage" * 100)
+    ct = _input(tiny_dataset, tmp_path / "in")
+    code, _, err = bench("predict", "--weights", f"swinunet={weights}", "--protocol", "smoke",
+                         "--input", ct, "--out", tmp_path / "o")
+    _one_line(code, err, str(weights))
+    assert "weights_only" not in err and "likely succeed" not in err
+    run = _copy_run(trained_run, tmp_path / "run")  # the same file as a run's model.pt
+    (run / "model.pt").write_bytes(weights.read_bytes())
+    code, _, err = bench("predict", run, "--input", ct, "--out", tmp_path / "o")
+    _one_line(code, err, str(run / "model.pt"))
+    assert "weights_only" not in err and "likely succeed" not in err
+
+
+# --- signals: what was finished and what was not, no temporary files -------------------------------
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_predict_says_what_was_done_and_leaves_no_temporary_file(trained_run, tiny_dataset,
+                                                                                tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import subprocess_env
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    image = _lps(_hu(tiny_dataset))
+    for k in range(40):
+        sitk.WriteImage(image, str(src / f"scan{k:02d}.nii.gz"))
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "predict", str(trained_run), "--input", str(src),
+                             "--out", str(out), "--overlay"], env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "scan00_overlay.png").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    number = getattr(signal, sig).value
+    assert proc.returncode == 128 + number, stdout + stderr
+    assert f"stopped by {sig}" in stderr and "Traceback" not in stderr, stderr
+    written = sorted(f.name for f in out.iterdir())
+    assert not [f for f in written if f.endswith(".tmp") or f.startswith(".")], written
+    done = sorted(f.removesuffix(".nii.gz") for f in written if f.endswith(".nii.gz"))
+    assert done and len(done) < 40
+    assert sorted(f.removesuffix("_overlay.png") for f in written if f.endswith("_overlay.png")) == done
+    assert f"{len(done)} of 40 input(s) segmented" in stderr
+    assert f"not segmented: scan{len(done):02d}" in stderr

@@ -18,7 +18,7 @@ from models import create_model
 
 def test_usr1_checkpoints_at_the_end_of_the_iteration_and_stops_as_preempted(tiny_dataset, tmp_path, one_thread):
     ds = open_synapse(tiny_dataset, "tiny", SYNAPSE_ORGANS)
-    proto = load_protocol("smoke").override(iterations=6, checkpoint_every=100)
+    proto = load_protocol("smoke").derive(iterations=6, checkpoint_every=100)
     seed_everything(0)
     model = create_model("swinunet-nano", num_classes=ds.num_classes, in_channels=1, img_size=proto.input_size)
     said = []

@@ -20,9 +20,10 @@ from bench.data.organs import SYNAPSE_ORGANS
 from bench.data.synapse import case_of, open_synapse
 from bench.engine import numerics
 from bench.engine.results import TRAIN_LOG
-from bench.engine.runner import RunSpec, config_key, run_config, same_run
+from bench.engine.runs import RunSpec, config_key, run_config, same_run
+from bench.engine.settings import RunSettings
 from bench.engine.tracking import Tracking, parse_track
-from bench.engine.train import _read_log, train
+from bench.engine.train import _read_log, poly_lr, train
 from bench.engine.validation import VALIDATION_LOG, Validator, held_out_view
 from bench.errors import BenchError
 from bench.protocol import load_protocol
@@ -57,12 +58,25 @@ def test_precision_comes_from_the_protocol_and_the_device_must_support_it():
     with numerics.autocast("fp32", cpu):
         assert conv(x).dtype == torch.float32
     assert not numerics.grad_scaler("bf16", cpu).is_enabled()
-    fp16 = numerics.record(load_protocol("paper").override(precision="fp16"), torch.device("cuda"))
+    fp16 = numerics.record(load_protocol("paper").derive(precision="fp16"), torch.device("cuda"))
     assert (fp16["autocast"], fp16["grad_scaler"], fp16["cudnn"]["applied"]) == ("float16", True, True)
     assert fp16["bit_reproducible"] is False  # atomics in CUDA backward passes, whatever cuDNN does
     rec = numerics.record(load_protocol("paper"), cpu)
     assert rec["precision"] == "fp32" and rec["autocast"] is None and rec["bit_reproducible"] is True
     assert rec["cudnn"] == {"benchmark": False, "deterministic": True, "applied": False}
+    assert rec["threads_applied"] is True and "1 thread (the protocol's)" in rec["reproducibility"]
+    assert fp16["threads_applied"] is False  # on CUDA the CPU threads do not change the numbers
+
+
+def test_a_cpu_run_uses_the_protocols_threads_and_the_process_gets_its_count_back():
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 3
+    protocol = load_protocol("smoke").derive(threads=other)
+    with numerics.threads(protocol, torch.device("cpu")):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with numerics.threads(protocol, torch.device("cuda")):  # not applied on a GPU
+        assert torch.get_num_threads() == before
 
 
 def test_runs_made_before_the_new_keys_keep_their_identity(ds):
@@ -80,7 +94,7 @@ def test_runs_made_before_the_new_keys_keep_their_identity(ds):
         {"precision": "fp16"})
     assert numerics.precision_of(manifest) == "fp32"
     assert same_run(manifest | {"device": "cuda:0", "protocol": config["protocol"]}, config_key(config))
-    bf16 = run_config(RunSpec("unet", 0, 0.01, "protocol smoke"), load_protocol("smoke").override(precision="bf16"), ds)
+    bf16 = run_config(RunSpec("unet", 0, 0.01, "protocol smoke"), load_protocol("smoke").derive(precision="bf16"), ds)
     assert config_key(bf16) != config_key(config)
 
 
@@ -96,7 +110,7 @@ class _Recorder:
 
 
 def test_the_log_grows_as_training_goes_and_the_tracker_sees_every_iteration(ds, tmp_path):
-    protocol = load_protocol("smoke").override(iterations=5, checkpoint_every=100)
+    protocol = load_protocol("smoke").derive(iterations=5, checkpoint_every=100)
     rows_seen = []
 
     def look(done: int) -> None:
@@ -147,11 +161,11 @@ def test_validation_during_a_run_never_reads_a_test_case_while_training(ds, tmp_
         return out
 
     monkeypatch.setattr(bench.engine.runner, "train", train_then_mark)
-    protocol = load_protocol("smoke").override(validation={"fraction": 0.5, "interval": 2, "during_run": True},
-                                               name="smoke@validation.during_run=true")
+    protocol = load_protocol("smoke").derive(validation={"fraction": 0.5, "interval": 2, "during_run": True})
     console = Console(file=io.StringIO())
-    out = bench.engine.runner.execute(RunSpec("swinunet-nano", 0, 0.01, "test"), protocol, ds, tmp_path,
-                                      torch.device("cpu"), progress=Progress(console=console), say=console.print)
+    out = bench.engine.runner.execute(RunSpec("swinunet-nano", 0, 0.01, "test"), protocol, ds,
+                                      RunSettings(results=tmp_path), torch.device("cpu"),
+                                      progress=Progress(console=console), say=console.print)
     assert out.status == "complete", out.message
     cut = events.index(("trained",))
     during, after = events[:cut], events[cut + 1:]
@@ -185,3 +199,9 @@ def test_trackers_are_checked_up_front_and_a_failing_one_never_stops_the_run(mon
     tracking.log({"train/loss": 1.0}, 1)
     tracking.log({"train/loss": 0.5}, 2)
     assert not tracking.active and len(said) == 1 and "disk full" in said[0]
+
+
+def test_poly_lr_schedule():
+    assert poly_lr(0.05, 0, 100, 0.9) == 0.05
+    assert poly_lr(0.05, 50, 100, 0.9) == pytest.approx(0.05 * 0.5**0.9)
+    assert poly_lr(0.05, 99, 100, 0.9) > 0

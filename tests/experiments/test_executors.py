@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from helpers import bench_cli
 
-from bench.cli_executor import OPTIONS, build
+from bench.cli.options import EXECUTOR, executor_from
 from bench.engine.locks import run_lock
+from bench.engine.settings import RunSettings
 from bench.errors import BenchError
 from bench.experiments.executors import common, resources
 from bench.experiments.executors import slurm as slurm_mod
@@ -38,8 +39,21 @@ def test_gpus_and_cpus_per_run_default_to_what_the_run_will_use():
     ablated = cpu.model_copy(update={"name": "cpu@input_size=128"})
     assert resources.gpus_per_run(ex, "auto", ablated) == 0
     assert resources.gpus_per_run(ExecutorOptions(name="ray", gpus_per_run=2), "cpu", cpu) == 2
-    assert resources.cpus_per_run(ex, paper) == 9 and resources.cpus_per_run(ex, cpu) == 1
+    # the protocol's threads, plus one CPU per data-loader worker (paper: 1 + 8; cpu: 2 + 0)
+    assert resources.cpus_per_run(ex, paper) == 9 and resources.cpus_per_run(ex, cpu) == 2
+    assert resources.cpus_per_run(ex, load_protocol("smoke")) == 1
     assert resources.cpus_per_run(ExecutorOptions(name="slurm", cpus_per_run=4), paper) == 4
+
+
+def test_fewer_cpus_per_run_than_the_protocols_threads_are_refused(tmp_path, tiny_dataset):
+    cpu = load_protocol("cpu")
+    with pytest.raises(BenchError, match=r"--cpus-per-run 1: protocol cpu runs 2 threads per run .* at least 2"):
+        resources.cpus_per_run(ExecutorOptions(name="ray", cpus_per_run=1), cpu)
+    assert resources.cpus_per_run(ExecutorOptions(name="ray", cpus_per_run=1), cpu.derive(threads=1)) == 1
+    res = bench_cli("run", "--models", "unet", "--protocol", "cpu", "--dataset", str(tiny_dataset), "--results",
+                    str(tmp_path), "--executor", "ray", "--cpus-per-run", "1")
+    assert res.returncode == 2 and "--cpus-per-run 1: protocol cpu runs 2 threads" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("*/*/*/seed*"))
 
 
 @pytest.mark.parametrize("options, message", [
@@ -55,14 +69,14 @@ def test_gpus_and_cpus_per_run_default_to_what_the_run_will_use():
     ({"executor": "slurm", "cpus_per_run": 0}, "--cpus-per-run must be at least 1"),
 ])
 def test_options_that_do_not_fit_the_executor_are_refused(options, message):
-    flags = {name: option.default for name, (_, option) in OPTIONS.items()}
+    flags = {name: option.default for name, (_, option) in EXECUTOR.items()}
     with pytest.raises(BenchError, match=re.escape(message)):
-        build(flags | options)
+        executor_from(flags | options)
 
 
 def test_executor_flags_reach_the_options():
-    flags = {name: option.default for name, (_, option) in OPTIONS.items()}
-    ex = build(flags | {"executor": "slurm", "time": "2-00:00:00", "mem": "32G",
+    flags = {name: option.default for name, (_, option) in EXECUTOR.items()}
+    ex = executor_from(flags | {"executor": "slurm", "time": "2-00:00:00", "mem": "32G",
                         "slurm_arg": ["account=lab", "--qos=high"]})
     assert (ex.name, ex.time, ex.mem) == ("slurm", "2-00:00:00", "32G")
     assert ex.slurm_args == {"account": "lab", "qos": "high"}
@@ -153,7 +167,7 @@ def test_a_complete_run_is_never_handed_to_a_worker_and_force_resets_before_subm
     ds = resolve_dataset(str(tiny_dataset), say=lambda *_: None)
     proto = load_protocol("smoke")
     jobs = [(RunSpec("unet", s, 0.01, "flag --lr"), proto) for s in (0, 1)]
-    opts = RunOptions(protocol="smoke", results=tmp_path, console=Console(quiet=True))
+    opts = RunOptions(protocol="smoke", run=RunSettings(results=tmp_path), console=Console(quiet=True))
     first = common.plan(jobs, ds, opts)
     done = first[0]
     done.path.mkdir(parents=True)
@@ -164,8 +178,8 @@ def test_a_complete_run_is_never_handed_to_a_worker_and_force_resets_before_subm
     pd.DataFrame({"value": [1.0]}).to_parquet(done.path / "metrics.parquet")
     planned = common.plan(jobs, ds, opts)
     assert planned[0].status == "skipped" and isinstance(planned[1], common.RunJob)
-    assert planned[1].results.is_absolute() and planned[1].ds.root.is_absolute()
-    forced = common.plan(jobs, ds, RunOptions(protocol="smoke", results=tmp_path, force=True,
+    assert planned[1].settings.results.is_absolute() and planned[1].ds.root.is_absolute()
+    forced = common.plan(jobs, ds, RunOptions(protocol="smoke", run=RunSettings(results=tmp_path, force=True),
                                               console=Console(quiet=True)))
     assert all(isinstance(p, common.RunJob) for p in forced)
     assert not (done.path / "manifest.json").exists() and not (done.path / "checkpoint.pt").exists()
@@ -176,7 +190,7 @@ def test_a_complete_run_is_never_handed_to_a_worker_and_force_resets_before_subm
         p.start()
         assert ready.wait(20)
         try:
-            common.plan(jobs, ds, RunOptions(protocol="smoke", results=tmp_path, force=True,
+            common.plan(jobs, ds, RunOptions(protocol="smoke", run=RunSettings(results=tmp_path, force=True),
                                              console=Console(quiet=True)))
         finally:
             release.set()
@@ -209,10 +223,122 @@ def test_a_ray_task_whose_worker_dies_is_retried_then_recorded_as_a_failed_run(t
 
     monkeypatch.setattr(ray_mod, "ray_run", dies)
     ds = resolve_dataset(str(tiny_dataset), say=lambda *_: None)
-    opts = RunOptions(protocol="smoke", results=tmp_path / "results", console=Console(quiet=True),
+    opts = RunOptions(protocol="smoke", run=RunSettings(results=tmp_path / "results"), console=Console(quiet=True),
                       executor=ExecutorOptions(name="ray", cpus_per_run=1))
     [out] = ray_mod.execute_ray([(RunSpec("unet", 0, 0.01, "flag --lr"), load_protocol("smoke"))], ds, opts)
     assert out.status == "failed" and "Ray task failed" in out.message
     assert attempts.read_text().count("x") == 1 + ray_mod.RETRIES
     manifest = json.loads((out.path / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] == out.message
+
+
+def _text(table) -> str:
+    from rich.console import Console
+
+    console = Console(width=250, record=True, markup=False, file=open(os.devnull, "w"))
+    console.print(table)
+    return console.export_text()
+
+
+def test_status_reads_partial_and_foreign_job_files_without_a_traceback(tmp_path, monkeypatch):
+    """Issue 25, item 17: a job.json of {"executor": "slurm"} raised KeyError: 'job_id'."""
+    results = tmp_path / "results"
+    markers = {"a-partial": {"executor": "slurm"}, "b-int-id": {"executor": "slurm", "job_id": 7},
+               "c-other-tool": {"executor": "pbs", "id": 3}, "d-list": [], "e-torn": '{"executor": "slu'}
+    for model, marker in markers.items():
+        d = results / "tiny" / "smoke" / model / "seed0"
+        d.mkdir(parents=True)
+        (d / common.JOB_MARKER).write_text(marker if isinstance(marker, str) else json.dumps(marker))
+    torn = _folder(results, "f-torn-manifest")
+    (torn / "manifest.json").write_text('{"status": "compl')
+    _folder(results, "g-odd-error", {"status": "failed", "error": {"not": "text"}, "executor": "not a dict"})
+    asked = []
+    monkeypatch.setattr(slurm_mod, "queue", lambda ids, finished=False: asked.append(ids) or {})
+    monkeypatch.setattr(slurm_mod, "final_states", lambda ids: {"7": "FAILED"})
+    rows = {r.run.model: r for r in collect(results)}
+    assert asked == [["7"]]  # only the marker that names a job is asked about
+    assert {m: r.state for m, r in rows.items()} == {
+        "a-partial": "unknown", "b-int-id": "failed", "c-other-tool": "unknown", "d-list": "unknown",
+        "e-torn": "unknown", "f-torn-manifest": "unreadable", "g-odd-error": "failed"}
+    assert "job.json names no Slurm job" in rows["a-partial"].detail and "pbs" in rows["c-other-tool"].detail
+    assert "could not be parsed" in rows["e-torn"].detail and "Slurm FAILED" in rows["b-int-id"].detail
+    text = _text(render(list(rows.values()), results))
+    assert "{'not': 'text'}" in text and "4 unknown" in text
+
+
+def test_status_lists_external_runs_with_their_cases_and_source(tmp_path):
+    """Issue 25, item 24: external runs are listed (no seed, no iterations: the cases scored and where from)."""
+    results = tmp_path / "results"
+    ext = results / "tiny" / "external" / "nnunet"
+    ext.mkdir(parents=True)
+    (ext / "manifest.json").write_text(json.dumps({
+        "kind": "external", "status": "complete", "run": {"dataset": "tiny", "protocol": "external",
+                                                          "model": "nnunet", "seed": 0},
+        "source": {"predictions": "/data/nnunet/preds", "files": {"case0001": "case0001.nii.gz",
+                                                                 "case0002": "case0002.nii.gz"}}}))
+    _folder(results, "unet", {"status": "complete", "iterations": 4})
+    rows = {r.run.model: r for r in collect(results)}
+    assert rows["nnunet"].state == "complete" and rows["nnunet"].run.external
+    assert rows["nnunet"].progress == "2 cases" and rows["nnunet"].detail == "predictions from /data/nnunet/preds"
+    line = next(line for line in _text(render(list(rows.values()), results)).splitlines() if "nnunet" in line)
+    assert [c.strip() for c in line.strip("│ ").split("│")][:5] == ["tiny", "external", "nnunet", "-", "complete"]
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("account=lab\ntouch X", "the value holds a newline"),  # issue 25, item 21
+    ("account=lab\r#SBATCH --x", "the value holds a newline"),
+    ("comment=a\x00b", "another control character"),
+    ("acc\nount=lab", "with an sbatch option name"),
+    ("account lab=x", "with an sbatch option name"),
+    ("signal=KILL@1", "the harness sets signal (the warning (USR1@120)"),  # item 22
+    ("--signal=KILL@1", "add --slurm-override signal"),
+    ("sig=KILL@1", "the harness sets signal"),  # sbatch reads --sig as --signal
+    ("output=/tmp/x.log", "the harness sets output"),
+    ("error=/tmp/x.err", "add --slurm-override error"),
+    ("open_mode=truncate", "the harness sets open-mode"),
+    ("array=0-99", "use --max-parallel"),
+    ("requeue=no", "always on"),
+    ("no-requeue=1", "requeue is always on"),
+    ("time=1:00:00", "use --time"),
+    ("mem=4G", "use --mem"),
+    ("cpus_per_task=4", "use --cpus-per-run"),
+    ("gpus-per-node=2", "use --gpus-per-run"),
+    ("p=gpu", "use --partition"),  # an abbreviation of partition
+])
+def test_slurm_args_that_would_break_the_batch_script_or_the_harness_are_refused(item, needle):
+    flags = {name: option.default for name, (_, option) in EXECUTOR.items()}
+    with pytest.raises(BenchError) as e:
+        executor_from(flags | {"executor": "slurm", "slurm_arg": [item]})
+    assert needle in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_a_key_the_harness_sets_is_replaced_only_with_slurm_override():
+    flags = {name: option.default for name, (_, option) in EXECUTOR.items()} | {"executor": "slurm"}
+    ex = executor_from(flags | {"slurm_arg": ["signal=USR1@600", "job-name=mine", "gpus=2", "mail_type=END"],
+                        "slurm_override": ["signal", "job_name"]})
+    assert ex.slurm_args == {"signal": "USR1@600", "job_name": "mine", "gpus": "2", "mail-type": "END"}
+    for overrides, args, needle in ((["signal"], [], "--slurm-override signal: no --slurm-arg sets it"),
+                                    (["account"], ["account=lab"], "not a key the harness sets"),
+                                    (["time"], ["time=1"], "time cannot be overridden")):
+        with pytest.raises(BenchError, match=re.escape(needle)):
+            executor_from(flags | {"slurm_arg": args, "slurm_override": overrides})
+    with pytest.raises(BenchError, match="--slurm-arg, --slurm-override only apply to --executor slurm"):
+        executor_from(flags | {"executor": "local", "slurm_arg": ["signal=x"], "slurm_override": ["signal"]})
+
+
+def test_the_batch_script_holds_one_line_per_option_and_an_override_replaces_the_harness_value(tmp_path):
+    sbatch = pytest.importorskip("submitit.slurm.slurm", reason="submitit is optional: pip install 'segbench[slurm]'")
+    flags = {name: option.default for name, (_, option) in EXECUTOR.items()} | {"executor": "slurm"}
+
+    def script(**values) -> list[str]:
+        ex = executor_from(flags | values)
+        params = slurm_mod.sbatch_parameters(ex, gpus=1, cpus=9, minutes=60, n=3, name="segbench")
+        text = sbatch._make_sbatch_string(command="python -m x", folder=tmp_path / "%j", map_count=3, **params)
+        return [line for line in text.splitlines() if line.startswith("#SBATCH")]
+
+    plain = script(slurm_arg=["account=lab", "qos=high"])
+    assert "#SBATCH --signal=USR1@120" in plain and "#SBATCH --requeue" in plain and "#SBATCH --account=lab" in plain
+    assert "#SBATCH --array=0-2%3" in plain and "#SBATCH --job-name=segbench" in plain
+    mine = script(slurm_arg=["signal=USR1@600", "job_name=mine"], slurm_override=["signal", "job-name"])
+    assert [line for line in mine if "--signal" in line] == ["#SBATCH --signal=USR1@600"]
+    assert [line for line in mine if "--job-name" in line] == ["#SBATCH --job-name=mine"]

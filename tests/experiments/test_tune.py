@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +20,16 @@ import pandas as pd
 import pytest
 from helpers import bench_cli, subprocess_env
 from rich.console import Console
-from rich.progress import Progress
 
 import bench.data.synapse
 import bench.engine.evaluation
 from bench.data.synapse import case_of
+from bench.engine.settings import RunSettings
 from bench.engine.train import Diverged
 from bench.errors import BenchError
 from bench.experiments.options import RunOptions
 from bench.experiments.tune import search as tune_mod
+from bench.experiments.tune import studies
 from bench.experiments.tune.search import TrialSeededTPE, tune
 from bench.experiments.tune.studies import (
     display_url,
@@ -35,9 +37,11 @@ from bench.experiments.tune.studies import (
     open_storage,
     redact,
     study_name,
+    summary,
     tuned_lr,
 )
 from bench.protocol import load_protocol
+from models.registry import UnknownModelError
 
 MODEL = "swinunet-nano"
 
@@ -64,8 +68,8 @@ def study(tiny_dataset, tmp_path_factory):
 def _quiet(dataset: Path, results: Path, **changes) -> RunOptions:
     """Options of a smoke-protocol command on the CPU whose output goes nowhere."""
     console = Console(file=io.StringIO(), width=200)
-    return RunOptions(protocol="smoke", dataset=str(dataset), results=results, device="cpu", console=console,
-                      progress=Progress(console=console), **changes)
+    return RunOptions(protocol="smoke", dataset=str(dataset), run=RunSettings(results=results, device="cpu"),
+                      console=console, **changes)
 
 
 def _tune(dataset: Path, results: Path, models=(MODEL,), trials: int = 1, storage: str | None = None) -> int:
@@ -90,7 +94,12 @@ def test_a_short_study_completes(study):
         assert not list((folder / f"trial{k}").glob("checkpoint.pt*"))
         assert json.loads((folder / f"trial{k}" / "trial.json").read_text())["state"] == "COMPLETE"
     assert not (out / "results" / "tiny").exists()  # trials are not runs: nothing in the run tree
-    assert "3 trials added, 3 in the study" in " ".join(res.stdout.split())
+    said = " ".join(res.stdout.split())
+    assert "3 trials added, 3 in the study" in said and "3 more trials per model" in said
+    # the floor a trial must beat: the seeded model before training, measured once, kept with the study
+    untrained = optuna.load_study(study_name="S", storage=storage).user_attrs["untrained_dsc"]
+    assert 0 <= untrained < 1 and f"untrained (seed 0): validation DSC {untrained:.4f}" in said
+    assert json.loads((folder / "study.json").read_text())["untrained_dsc"] == untrained
 
 
 def test_a_second_call_adds_trials_to_the_same_study(study, tiny_dataset):
@@ -124,10 +133,11 @@ def test_run_with_tuned_lr_records_the_study_and_trial(study, tiny_dataset):
                     "--results", str(out / "results"), "--reports", str(out / "reports"),
                     "--lr", "tuned", "--storage", storage, "--study", "S")
     assert res.returncode == 0, res.stdout + res.stderr
-    m = json.loads((out / "results" / "tiny" / "smoke" / MODEL / "seed0" / "manifest.json").read_text())
+    run = out / "results" / "tiny" / "smoke" / f"{MODEL}@lr=tuned-S" / "seed0"  # --study S: not the default study
+    m = json.loads((run / "manifest.json").read_text())
     assert m["lr"] == pytest.approx(best.params["lr"])
-    assert m["lr_source"] == f"study S trial {best.number}"
-    log = pd.read_csv(out / "results" / "tiny" / "smoke" / MODEL / "seed0" / "train_log.csv")
+    assert m["lr_source"] == f"study S trial {best.number}" and m["run"]["model"] == f"{MODEL}@lr=tuned-S"
+    log = pd.read_csv(run / "train_log.csv")
     assert log["lr"].iloc[0] == pytest.approx(best.params["lr"], rel=1e-6)
 
 
@@ -146,8 +156,10 @@ def test_tuned_lr_errors_are_clear(study, tiny_dataset, tmp_path):
         run()  # the default storage under an empty results folder
     with pytest.raises(BenchError, match="use them with --lr tuned"):
         run(lr="0.01", storage=storage)
-    with pytest.raises(BenchError, match="expects a number or 'tuned'"):
+    with pytest.raises(BenchError, match="expects numbers, 'default' or 'tuned'"):
         run(lr="fast")
+    with pytest.raises(BenchError, match="lists an LR twice"):
+        run(lr="tuned,0.02,tuned")
 
 
 def test_tuning_never_reads_a_test_case(tiny_dataset, tmp_path, monkeypatch, one_thread):
@@ -188,6 +200,9 @@ def test_failed_trials_are_rows_and_the_study_goes_on(tiny_dataset, tmp_path, mo
     assert list(df["state"]) == ["FAIL", "FAIL", "COMPLETE"]
     assert df["error"].iloc[0].startswith("diverged: loss nan") and "out of memory" in df["error"].iloc[1]
     assert "traceback" in json.loads((folder / "trial1" / "trial.json").read_text())
+    # the completed trial is the one --lr tuned takes (whether 4 smoke iterations beat the untrained model
+    # is another question: test_a_study_without_signal_names_no_winner_and_is_refused)
+    monkeypatch.setattr(studies, "no_signal", lambda study, best: None)
     lr, source = tuned_lr(f"sqlite:///{tmp_path / 'results' / 'tune' / 'optuna.db'}", name, MODEL,
                           load_protocol("smoke"), say=lambda *a: None)
     assert lr == pytest.approx(df["lr"].iloc[2]) and source == f"study {name} trial 2"
@@ -296,9 +311,83 @@ def test_storages_and_their_errors(tmp_path):
 
 def test_bad_tune_input_is_refused(tiny_dataset, tmp_path):
     cases = (({"models": ["nonesuch"]}, "unknown model 'nonesuch'"), ({"n_trials": 0}, "--trials"),
-             ({"search_space": "lr,momentum"}, "--search"), ({"lr_min": 0.5, "lr_max": 0.1}, "lr_min"),
+             ({"search_space": "lr,momentum"}, "--search"),
+             ({"sets": ["tuning.lr_min=0.5", "tuning.lr_max=0.1"]}, "lr_min"),
              ({"studies": ["a", "b"]}, "one study per model"))
     for kwargs, message in cases:
-        models = kwargs.pop("models", [MODEL])
-        with pytest.raises(BenchError, match=message):
-            tune(models, _quiet(tiny_dataset, tmp_path), **(dict(n_trials=1) | kwargs))
+        models, sets = kwargs.pop("models", [MODEL]), kwargs.pop("sets", ())
+        # a model name is the registry's to check (its UnknownModelError is one line in the CLI too)
+        with pytest.raises(UnknownModelError if models == ["nonesuch"] else BenchError, match=message):
+            tune(models, _quiet(tiny_dataset, tmp_path, sets=sets), **(dict(n_trials=1) | kwargs))
+
+
+def test_an_unknown_model_is_one_line_before_anything_is_trained(tiny_dataset, tmp_path):
+    res = bench_cli("tune", "--model", "nosuch", "--trials", "1", "--protocol", "smoke", "--dataset",
+                    str(tiny_dataset), "--results", str(tmp_path / "results"), "--device", "cpu")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("error: unknown model 'nosuch'; valid models: ")
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "results" / "tune").exists()  # no storage, no trial folder
+
+
+def test_workers_on_a_cluster_are_not_started_for_an_unknown_model(tiny_dataset, tmp_path, monkeypatch):
+    from bench.experiments.executors import slurm
+    from bench.experiments.options import ExecutorOptions
+    from bench.experiments.tune.launch import launch
+
+    monkeypatch.setattr(slurm, "submit", lambda *a, **k: pytest.fail("workers were submitted"))
+    journal = tmp_path / "tune.log"
+    opts = _quiet(tiny_dataset, tmp_path / "results", executor=ExecutorOptions(name="slurm", workers=2))
+    with pytest.raises(UnknownModelError, match="unknown model 'nosuch'"):
+        launch(["nosuch"], opts, n_trials=1, storage=f"journal:{journal}")
+    assert not journal.exists()
+
+
+def _made_study(storage: str, name: str, values: list[float], **attrs) -> optuna.Study:
+    """A study with completed trials of these validation scores (lr 0.01, 0.02, ...), no training."""
+    study = load_or_create_study(open_storage(storage), name, {"model": MODEL, **attrs})
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}
+    for i, value in enumerate(values):
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.01 * (i + 1)}, distributions=dist, value=value))
+    return study
+
+
+def test_a_study_without_signal_names_no_winner_and_is_refused(tiny_dataset, tmp_path):
+    from bench.experiments.tune.outputs import write_outputs
+
+    storage, smoke = f"sqlite:///{tmp_path / 'x.db'}", load_protocol("smoke")
+    zeros = _made_study(storage, "zeros", [0.0, 0.0, 0.0])  # made before the untrained model was measured
+    floor = _made_study(storage, "floor", [0.03, 0.05], untrained_dsc=0.05)  # no better than the untrained model
+    for study, beaten in ((zeros, "0 (an empty prediction)"), (floor, "the untrained model's 0.0500")):
+        name = study.study_name
+        with pytest.raises(BenchError, match=rf"study '{name}' has no signal: .*no better than {re.escape(beaten)}"):
+            tuned_lr(storage, name, MODEL, smoke)
+        line = summary(study, MODEL)
+        assert "no signal" in line and "best:" not in line
+        write_outputs(study, tmp_path / name, storage)
+        assert json.loads((tmp_path / name / "study.json").read_text())["signal"] == "none"
+    notes: list[str] = []
+    _made_study(storage, "weak", [0.055], untrained_dsc=0.05)
+    assert tuned_lr(storage, "weak", MODEL, smoke, say=notes.append) == (0.01, "study weak trial 0")
+    assert "weak signal" in notes[0]
+    res = bench_cli("run", "--models", MODEL, "--protocol", "smoke", "--dataset", str(tiny_dataset), "--results",
+                    str(tmp_path / "r"), "--lr", "tuned", "--storage", storage, "--study", "zeros")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "has no signal" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r" / "tiny").exists()  # refused before any run folder
+
+
+@pytest.mark.parametrize("lo, hi", [(1e-3, 1e-1), (5e-3, 5e-2), (0.02, 0.08), (0.021, 0.028), (1e-6, 1.0)])
+def test_lr_axis_ticks_are_few_and_inside_the_range(lo, hi):
+    from bench.report.plots import lr_ticks
+
+    ticks = lr_ticks(lo, hi)
+    assert 3 <= len(ticks) <= 8 and ticks == sorted(ticks)
+    assert all(lo * 0.99 <= t <= hi * 1.01 for t in ticks)
+
+
+def test_the_search_header_lists_what_it_tries():
+    smoke = load_protocol("smoke")
+    text = tune_mod.space_text(smoke, ("lr", "batch_size"))
+    assert "lr 0.001..0.1 log-uniform" in text and "batch size 1, 2, 4" in text
+    assert "batch size 3, 5" in tune_mod.space_text(smoke.derive({"tuning.batch_sizes": [3, 5]}), ("lr", "batch_size"))

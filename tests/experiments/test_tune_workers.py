@@ -11,8 +11,8 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.progress import Progress
 
+from bench.engine.settings import RunSettings
 from bench.engine.train import Preempted
 from bench.experiments.options import RunOptions
 from bench.experiments.tune import liveness
@@ -26,8 +26,8 @@ LR = FloatDistribution(1e-3, 1e-1, log=True)  # the smoke protocol's search rang
 
 def _opts(dataset, results) -> RunOptions:
     console = Console(file=io.StringIO(), width=200)
-    return RunOptions(protocol="smoke", dataset=str(dataset), results=results, device="cpu", console=console,
-                      progress=Progress(console=console))
+    return RunOptions(protocol="smoke", dataset=str(dataset), run=RunSettings(results=results, device="cpu"),
+                      console=console)
 
 
 def _trial(state, worker, **attrs):

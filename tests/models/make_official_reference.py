@@ -1,15 +1,19 @@
-"""Regenerate tests/models/data/official_{swinunet,transunet}.json.gz from the official code.
+"""Regenerate tests/models/data/official_*.json.gz from the official code.
 
 Run once, from the checkout, with the official files on disk (never copied into this repository):
 
     SEGBENCH_OFFICIAL_SWINUNET=.../Swin-Unet/networks/swin_transformer_unet_skip_expand_decoder_sys.py \\
     SEGBENCH_OFFICIAL_TRANSUNET=.../TransUNet/networks/vit_seg_modeling.py \\
-    python tests/models/make_official_reference.py
+    SEGBENCH_OFFICIAL_NEST_UNETS=.../Unet-Segmentation-Pytorch-Nest-of-Unets/Models.py \\
+    python tests/models/make_official_reference.py [swinunet transunet unet_plain attunet]
+
+(names: regenerate only those; default all).
 
 Sources: HuCaoFighting/Swin-Unet @ 7d80541 (``SwinTransformerSys``, the network inside the
 official ``SwinUnet`` wrapper) and Beckschen/TransUNet @ 02ef001 (``VisionTransformer`` with the
 R50-ViT-B_16 configuration; ``vit_seg_configs.py`` and ``vit_seg_modeling_resnet_skip.py`` beside
-it; ``ml_collections`` is stubbed if missing; the Swin-Unet file needs ``einops``). What is
+it; ``ml_collections`` is stubbed if missing; the Swin-Unet file needs ``einops``) and
+bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets @ f63262d (``U_Net`` and ``AttU_Net`` in ``Models.py``). What is
 written is described in tests/models/official_reference.py. The output only changes if the
 official code, the weight formula or the configurations there change.
 """
@@ -23,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from official_reference import (  # noqa: E402
+    SMALL_NEST_UNET,
     SMALL_SWINUNET,
     SMALL_TRANSUNET,
     describe,
@@ -35,12 +40,13 @@ from official_reference import (  # noqa: E402
 )
 
 
-def _run(model: torch.nn.Module, img_size: int) -> dict:
-    """Load the generated weights under the official keys, then the output for the generated input."""
+def _run(model: torch.nn.Module, img_size: int, channels: int = 3) -> dict:
+    """Load the generated weights under the official keys, then the output for the generated input
+    (one channel, repeated to ``channels``)."""
     small = describe(model)
     model.double().load_state_dict(official_weights(small["keys"]), strict=False)  # derived buffers stay
     with torch.no_grad():
-        out = model.eval()(reference_input(img_size).repeat(1, 3, 1, 1))
+        out = model.eval()(reference_input(img_size).repeat(1, channels, 1, 1))
     return {**small, "output": fingerprint(out)}
 
 
@@ -80,8 +86,24 @@ def transunet() -> dict:
             "small": {"config": SMALL_TRANSUNET, **_run(small, SMALL_TRANSUNET["img_size"])}}
 
 
+def nest_unet(class_name: str) -> dict:
+    network = official_module("SEGBENCH_OFFICIAL_NEST_UNETS", "official_nest_unets")
+    cls = getattr(network, class_name)
+
+    def build(in_channels: int, num_classes: int) -> torch.nn.Module:  # the two classes name their arguments apart
+        return cls(in_channels, num_classes)
+
+    c = SMALL_NEST_UNET
+    return {"source": f"bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets @ f63262d, Models.py {class_name}",
+            "paper": {"config": "1 input channel, 9 classes (fully convolutional)", **describe(build(1, 9))},
+            "small": {"config": c, **_run(build(c["in_channels"], c["num_classes"]), c["img_size"], channels=1)}}
+
+
+MAKERS = {"swinunet": swinunet, "transunet": transunet,
+          "unet_plain": lambda: nest_unet("U_Net"), "attunet": lambda: nest_unet("AttU_Net")}
+
 if __name__ == "__main__":
-    torch.manual_seed(0)
-    for name, make in (("swinunet", swinunet), ("transunet", transunet)):
-        save(name, make())
+    for name in sys.argv[1:] or MAKERS:
+        torch.manual_seed(0)
+        save(name, MAKERS[name]())
         print(f"wrote tests/models/data/official_{name}.json.gz")

@@ -1,5 +1,6 @@
-"""Facts about the official Swin-Unet and TransUNet networks, kept as small test data so that CI
-checks parity without the official code (which is never part of this repository).
+"""Facts about the official Swin-Unet and TransUNet networks, and the ``U_Net`` / ``AttU_Net`` of
+bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets (the Swin-Unet paper's U-Net and Att-UNet rows), kept as
+small test data so that CI checks parity without that code (which is never part of this repository).
 
 ``tests/models/data/official_*.json.gz`` hold, for each network, generated once from the official
 code by ``tests/models/make_official_reference.py``:
@@ -35,6 +36,9 @@ SMALL_SWINUNET = dict(img_size=64, num_classes=3, embed_dim=12, depths=[2, 2, 2,
                       window_size=4)
 SMALL_TRANSUNET = dict(img_size=64, num_classes=3, n_skip=3, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64,
                        resnet_layers=[2, 1, 1])
+# U_Net / AttU_Net have fixed widths (64 to 1024): the small configuration is the same network with 3 classes,
+# on a small input
+SMALL_NEST_UNET = dict(img_size=32, num_classes=3, in_channels=1)
 
 
 def data_path(network: str) -> Path:

@@ -10,7 +10,7 @@ from helpers import bench_cli
 from timm.layers import Attention
 
 from models import create_model
-from models.compute import count_parameters, gflops, measure_training
+from models.compute import count_parameters, gflops, measure_inference, measure_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,6 +65,17 @@ def test_measure_training_reports_speed_and_memory(name: str) -> None:
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=False))  # it did train
     with pytest.raises(ValueError, match="steps"):
         measure_training(model, 64, steps=0)
+
+
+def test_measure_inference_reports_speed_and_memory_and_changes_nothing() -> None:
+    model = create_model("swinunet-nano", num_classes=3, img_size=64).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    speed = measure_inference(model, 64, batch=2, repeats=2)
+    assert speed.slices_per_second > 0 and speed.ms_per_slice > 0 and speed.peak_memory_mb > 0
+    assert speed.memory_growth_mb >= 0 and (speed.device, speed.batch, speed.repeats) == ("cpu", 2, 2)
+    assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="repeats and batch"):
+        measure_inference(model, 64, repeats=0)
 
 
 def _rows(stdout: str) -> dict[str, list[str]]:
@@ -123,10 +134,11 @@ def test_bench_models_cli() -> None:
     res = bench_cli("models", "transunet-t*", "--img-size", "64", "--measure", "--batch", "2", "--device", "cpu",
                     "--protocol", "smoke", "--set", "precision=bf16")
     assert res.returncode == 0, res.stderr
-    _, _, step_ms, rate, memory = _rows(res.stdout)["transunet-tiny"]
+    _, _, step_ms, rate, memory, eval_rate, eval_ms = _rows(res.stdout)["transunet-tiny"]
     assert float(rate) > 0 and re.fullmatch(r"[\d,]+ \(\+[\d,]+\)", memory)
     assert float(step_ms.replace(",", "")) == pytest.approx(2000 / float(rate), rel=0.02)
-    assert "training batch 2 on cpu in bf16" in res.stdout
+    assert float(eval_rate) > 0 and float(eval_ms.replace(",", "")) > 0
+    assert "training batch 2 on cpu in bf16, inference batch 8 as evaluation runs it (fp32)" in res.stdout
     res = bench_cli("models", "unet", "--measure", "--device", "cpu", "--protocol", "smoke", "--set", "precision=fp16")
     assert res.returncode == 2 and "precision fp16 is not available on cpu" in res.stderr
 

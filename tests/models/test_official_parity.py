@@ -1,4 +1,5 @@
-"""Parity with the official Swin-Unet and TransUNet, in every test run, without the official code.
+"""Parity with the official Swin-Unet and TransUNet, and with the ``U_Net`` / ``AttU_Net`` of
+bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets, in every test run, without their code.
 
 The facts come from tests/models/data/official_*.json.gz, generated once from the official
 networks (see official_reference.py for what they hold, make_official_reference.py for how to
@@ -13,11 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from official_reference import SMALL_SWINUNET, SMALL_TRANSUNET, describe, fingerprint, load, official_weights
+from official_reference import (
+    SMALL_NEST_UNET,
+    SMALL_SWINUNET,
+    SMALL_TRANSUNET,
+    describe,
+    fingerprint,
+    load,
+    official_weights,
+)
 from official_reference import reference_input as make_input
 
 from models import create_model
 from models.transunet import checkpoint_filter
+from models.unet_plain import checkpoint_filter as nest_unets_filter
+
+NEST_UNETS = {"unet_plain": ("unet-plain", 34_526_409), "attunet": ("attunet", 34_877_941)}  # data file: our name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +62,25 @@ def test_transunet_loads_every_official_key_into_the_right_shape():
     assert sum(p.numel() for p in ours.parameters()) == official["total"] == 105_277_081
 
 
+@pytest.mark.parametrize("network", NEST_UNETS)
+def test_nest_unets_load_every_key_of_the_repository_class_into_the_right_shape(network):
+    official = load(network)["paper"]
+    name, count = NEST_UNETS[network]
+    with torch.device("meta"):
+        ours = create_model(name, num_classes=9, in_channels=1, img_size=224)
+        contents = {k: torch.empty(shape) for k, (shape, _) in official["keys"].items()}
+    converted = nest_unets_filter(contents, ours, Path(f"{network}.pth"))
+    assert converted.format == "nest_of_unets" and not converted.partial
+    assert {k: list(v.shape) for k, v in converted.state.items()} == {
+        k: list(v.shape) for k, v in ours.state_dict().items()}
+    assert sum(p.numel() for p in ours.parameters()) == official["total"] == count
+
+
 def _ours(network: str, weights: Path) -> torch.nn.Module:
+    if network in NEST_UNETS:
+        c = SMALL_NEST_UNET
+        return create_model(NEST_UNETS[network][0], num_classes=c["num_classes"], in_channels=c["in_channels"],
+                            img_size=c["img_size"], weights=str(weights))
     if network == "swinunet":
         c = SMALL_SWINUNET
         return create_model("swinunet", num_classes=c["num_classes"], img_size=c["img_size"], embed_dim=c["embed_dim"],
@@ -63,12 +93,17 @@ def _ours(network: str, weights: Path) -> torch.nn.Module:
                         weights=str(weights))
 
 
-@pytest.mark.parametrize("network, prefix", [("swinunet", "module.swin_unet."), ("transunet", "module.")])
+SMALL = {"swinunet": SMALL_SWINUNET, "transunet": SMALL_TRANSUNET, "unet_plain": SMALL_NEST_UNET,
+         "attunet": SMALL_NEST_UNET}
+
+
+@pytest.mark.parametrize("network, prefix", [("swinunet", "module.swin_unet."), ("transunet", "module."),
+                                             ("unet_plain", ""), ("attunet", "module.")])
 def test_outputs_equal_the_official_networks(tmp_path, network, prefix):
     """Generated weights under the official keys, saved as a trained official checkpoint (DataParallel
     prefixes included), loaded by our loader: our output is the official one, in float64."""
     small = load(network)["small"]
-    assert small["config"] == (SMALL_SWINUNET if network == "swinunet" else SMALL_TRANSUNET)
+    assert small["config"] == SMALL[network]
     path = tmp_path / "official.pth"
     torch.save({prefix + k: v.float() for k, v in official_weights(small["keys"]).items()}, path)
     torch.manual_seed(0)
@@ -76,6 +111,8 @@ def test_outputs_equal_the_official_networks(tmp_path, network, prefix):
     assert not ours.weights_report.missing and not ours.weights_report.dropped
     with torch.no_grad():
         got = fingerprint(ours.double().eval()(make_input(small["config"]["img_size"])))
+    if network in NEST_UNETS:
+        assert ours.weights_report.format == "nest_of_unets"
     want = small["output"]
     assert got["shape"] == want["shape"]
     scale = np.abs(want["strided"]).max()

@@ -2,9 +2,10 @@
 
 Models are built at a 64 x 64 input (a multiple of Swin-Unet's and the smp encoders' 32, and the
 U-Net's and TransUNet's 16; at 32 the Swin bottleneck is one token, whose position bias gets no
-gradient) with 3 classes, and Swin-Unet and TransUNet variants at a narrow width (CONTRACT_KNOBS): the
-knob a variant stands for (skips, upsampling, depth) is kept, and the full-width structure and
-parameter counts are checked separately at the paper's size.
+gradient) with 3 classes, and the larger families at a narrow width (CONTRACT_KNOBS): the knob a
+variant stands for (skips, upsampling, depth, attention gates, residual encoder) is kept, and the
+full-width structure and parameter counts are checked separately at the paper's size. A bad input
+size is 68: a multiple of 4 but not of 8, which every network here downsamples by at least.
 """
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ NUM_CLASSES = 3
 CONTRACT_KNOBS = {
     "swinunet*": dict(embed_dim=24, num_heads=(1, 2, 4, 8)),
     "transunet*": dict(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64, resnet_layers=(1, 1, 1)),
+    "unet-plain": dict(widths=(8, 16, 32, 64, 128)),
+    "attunet": dict(widths=(8, 16, 32, 64, 128)),
+    "r50-*": dict(resnet_layers=(1, 1, 1), decoder_channels=(32, 16, 8, 8)),
+    "nnunet-*": dict(base_features=8, max_features=64),
+    "monai-attentionunet": dict(channels=(8, 16, 32, 64, 128)),
+    "monai-swinunetr": dict(feature_size=12),
+    "monai-unetr": dict(hidden_size=96, mlp_dim=192, num_heads=2),
 }
 
 
@@ -58,6 +66,14 @@ def test_every_parameter_gets_gradient(model: nn.Module) -> None:
     # rather than wiring; gradients flow the same way in eval mode
     model.eval()
     model.zero_grad(set_to_none=True)
+    # Nudge every weight off its initial value first: a residual branch whose last norm starts at zero
+    # (nnU-Net's ResEnc, as nnunetv2 initialises it) is wired in but passes no gradient at that point.
+    # An unused parameter still gets none.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.add_(1e-3 * torch.randn(p.shape, generator=g).to(p.dtype))
     out = model(_input(batch=1))
     (out * torch.randn_like(out)).sum().backward()
     missing = [n for n, p in model.named_parameters()
@@ -66,7 +82,7 @@ def test_every_parameter_gets_gradient(model: nn.Module) -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, SIZE + 8, SIZE + 8), (1, 1, SIZE, SIZE + 8), (1, 3, SIZE, SIZE)])
+@pytest.mark.parametrize("shape", [(1, 1, SIZE + 4, SIZE + 4), (1, 1, SIZE, SIZE + 4), (1, 3, SIZE, SIZE)])
 def test_bad_input_raises_clear_error(model: nn.Module, shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError) as e:
         model(torch.randn(*shape))

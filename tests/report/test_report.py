@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import bench_cli
+from helpers import bench_cli, browse, chromium
 from scipy import stats
 
 from bench.data.synthetic import generate as synth
 from bench.report import build_report
+from bench.report.load import load_runs
 from bench.report.stats import holm, ranking, wilcoxon_vs_baseline
+from bench.report.tables import organ_table
 
 MODELS = ("swinunet", "unet")
 SEEDS = (0, 1)
 CASES = ("0001", "0002", "0003")
+SCORED = CASES[:2]  # smoke scores the first 2 test cases (evaluation.max_cases)
 PLOTS = ("heatmap_dice", "box_dice", "box_hd95", "learning_curves", "qualitative")
 LIGHT_FILES = ("manifest.json", "metrics.parquet", "train_log.csv")
 
@@ -127,15 +128,16 @@ def test_table_values_equal_a_recomputation(sweep, metric, scale, title):
     for (model, organ), (mean, sd) in expected.items():
         row = csv[(csv["model"] == model) & (csv["organ"] == organ)].iloc[0]
         assert row["mean"] == pytest.approx(mean, abs=1e-12) and row["sd"] == pytest.approx(sd, abs=1e-12)
-        assert (row["seeds"], row["cases"], row["convention"]) == (2, 3, "synapse")
-        assert md.loc[model, organ] == f"{mean * scale:.2f} ± {sd * scale:.2f}"
-    assert set(md["seeds"]) == {"2"} and set(md["cases"]) == {"3"}
+        assert (row["seeds"], row["cases"], row["convention"]) == (2, len(SCORED), "synapse")
+        # an HD95 mean that counts a missed organ (0) carries its mark (test_a_missed_organs_hd95_...)
+        assert md.loc[model, organ].removesuffix("†") == f"{mean * scale:.2f} ± {sd * scale:.2f}"
+    assert set(md["seeds"]) == {"2"} and set(md["cases"]) == {str(len(SCORED))}
 
 
 def test_per_case_csv_holds_the_raw_values(sweep):
     raw = _parquet(sweep)
     per_case = pd.read_csv(sweep / "out" / "csv" / "per_case.csv", dtype={"case": str})
-    assert len(per_case) == len(MODELS) * len(SEEDS) * len(CASES) * 8
+    assert len(per_case) == len(MODELS) * len(SEEDS) * len(SCORED) * 8
     dice = raw[raw["metric"] == "dice"].set_index(["model", "seed", "case", "organ"])["value"]
     got = per_case.set_index(["model", "seed", "case", "organ"])["dice"]
     assert np.allclose(got.loc[dice.index].to_numpy(), dice.to_numpy(), atol=1e-12, equal_nan=True)
@@ -159,7 +161,7 @@ def test_wilcoxon_equals_scipy(sweep, metric):
     for organ in x.columns:
         d = x[organ] - y[organ]
         assert got.loc[organ, "median_diff"] == pytest.approx(np.median(d), abs=1e-12)
-        assert got.loc[organ, "n"] == len(CASES)
+        assert got.loc[organ, "n"] == len(SCORED)
         if np.count_nonzero(d):
             res = stats.wilcoxon(x[organ], y[organ])
             assert got.loc[organ, "statistic"] == pytest.approx(res.statistic)
@@ -167,11 +169,25 @@ def test_wilcoxon_equals_scipy(sweep, metric):
             p[organ] = res.pvalue
         else:
             assert np.isnan(got.loc[organ, "p"])
-    ps = np.array(list(p.values()))
-    order = np.argsort(ps)
-    holm_expected = np.maximum.accumulate(np.minimum(1, (len(ps) - np.arange(len(ps))) * ps[order]))
-    for organ, h in zip(np.array(list(p))[order], holm_expected, strict=False):
-        assert got.loc[organ, "p_holm"] == pytest.approx(h, abs=1e-12)
+    # Holm's procedure as a test, not as a formula: an adjusted p-value is the smallest level at which
+    # the step-down procedure rejects its hypothesis, so just above it that organ is rejected, just below it not
+    assert got.loc[list(p), "p_holm"].notna().all()
+    for organ in p:
+        h = got.loc[organ, "p_holm"]
+        assert p[organ] <= h <= 1
+        if h < 1:
+            assert organ in _holm_rejects(p, h * (1 + 1e-9))
+        assert organ not in _holm_rejects(p, h * (1 - 1e-9))
+
+
+def _holm_rejects(p: dict[str, float], alpha: float) -> set[str]:
+    """Holm (1979), step down: from the smallest p, reject while p_(k) <= alpha / (m - k + 1), then stop."""
+    rejected = set()
+    for k, (organ, value) in enumerate(sorted(p.items(), key=lambda kv: kv[1])):
+        if value > alpha / (len(p) - k):
+            break
+        rejected.add(organ)
+    return rejected
 
 
 def test_bootstrap_equals_numpy(sweep):
@@ -184,7 +200,7 @@ def test_bootstrap_equals_numpy(sweep):
         lo, hi = np.percentile(means, [2.5, 97.5])
         assert got.loc[model, "mean"] == pytest.approx(x.mean(), abs=1e-12)
         assert (got.loc[model, "lo"], got.loc[model, "hi"]) == pytest.approx((lo, hi), abs=1e-12)
-        assert got.loc[model, "n"] == len(CASES)
+        assert got.loc[model, "n"] == len(SCORED)
 
 
 def _synthetic_cases(n_cases: int = 12, seed: int = 1) -> pd.DataFrame:
@@ -212,6 +228,12 @@ def test_wilcoxon_and_holm_on_varied_p_values():
     # Holm by its definition: p_(k) * (m - k + 1), made monotone, capped at 1
     assert holm(np.array([0.01, 0.04, 0.03, np.nan, 0.2])) == pytest.approx([0.04, 0.09, 0.09, np.nan, 0.2],
                                                                              nan_ok=True)
+    # by hand, m = 5 with a tie: 0.001*5 = 0.005; 0.02*4 = 0.08; 0.02*3 = 0.06 -> 0.08 (monotone);
+    # 0.3*2 = 0.6; 0.5*1 = 0.5 -> 0.6
+    assert holm(np.array([0.02, 0.5, 0.02, 0.3, 0.001])) == pytest.approx([0.08, 0.6, 0.08, 0.6, 0.005])
+    # by hand, m = 3 with the cap: 0.01*3 = 0.03; 0.6*2 = 1.2 -> 1; 0.7*1 = 0.7 -> 1 (monotone)
+    assert holm(np.array([0.6, 0.7, 0.01])) == pytest.approx([1.0, 1.0, 0.03])
+    assert holm(np.array([np.nan, np.nan])) == pytest.approx([np.nan, np.nan], nan_ok=True)  # an empty family
 
 
 def test_ranking_and_its_stability():
@@ -240,7 +262,7 @@ def test_failed_runs_and_lr_studies_appear(sweep, tmp_path):
     # studies as `bench tune` leaves them: tune/<study>/trials.csv, trial folders with their logs
     trials = pd.DataFrame({"number": range(5), "lr": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                            "value": [0.2, 0.4, 0.5, 0.3, None], "state": ["COMPLETE"] * 4 + ["FAIL"]})
-    for name in ("tiny3-swinunet-smoke-8de84022456a", "tiny3-unet-cpu-0123456789ab", "handmade"):
+    for name in ("tiny3-swinunet-smoke-b906b8ec34f9", "tiny3-unet-cpu-0123456789ab", "handmade"):
         (results / "tune" / name / "trial0").mkdir(parents=True)
         trials.assign(study=name).to_csv(results / "tune" / name / "trials.csv", index=False)
         shutil.copy(results / "tiny3" / "smoke" / "unet" / "seed0" / "train_log.csv",
@@ -257,32 +279,160 @@ def test_failed_runs_and_lr_studies_appear(sweep, tmp_path):
     assert "| unet | no | 24.90 | 7.03 |" in md
     studies = sorted(p.name for p in (rep.out / "plots").glob("lr_search_*.png"))
     # this protocol's study and a hand-named one; not another protocol's, nor a CSV of other columns
-    assert studies == ["lr_search_handmade.png", "lr_search_tiny3-swinunet-smoke-8de84022456a.png"]
+    assert studies == ["lr_search_handmade.png", "lr_search_tiny3-swinunet-smoke-b906b8ec34f9.png"]
     assert "qualitative" in md.lower()  # predictions not copied: skipped with a note, report still written
 
 
-def test_mixing_two_protocols_stops_unless_allowed(sweep, tmp_path):
+def test_two_protocols_get_a_report_each_or_one_mixed_report_when_allowed(sweep, tmp_path):
     results = _light_copy(sweep, tmp_path / "results")
     other = results / "tiny3" / "other" / "unet" / "seed0"
     shutil.copytree(results / "tiny3" / "smoke" / "unet" / "seed0", other)
     m = json.loads((other / "manifest.json").read_text())
     _edit_manifest(other, protocol_name="other", protocol_hash="0123456789ab", run=dict(m["run"], protocol="other"))
     res = bench_cli("report", "--results", str(results), cwd=tmp_path)
-    assert res.returncode == 2
-    message = res.stderr.strip()
-    assert len(message.splitlines()) == 1, message
-    for token in ("not comparable", "8de8", "0123456789ab", "--allow-mixed", "unet seed 0"):
-        assert token in message, token
-    assert not (tmp_path / "reports").exists()
+    assert res.returncode == 0, res.stderr
+    assert "2 cohorts" in res.stdout and "index.html" in res.stdout
+    for protocol, arms in (("smoke", {"swinunet", "unet"}), ("other", {"unet"})):
+        out = tmp_path / "reports" / "tiny3" / protocol
+        assert set(pd.read_csv(out / "csv" / "organ_dice.csv")["model"]) == arms  # never pooled, never labelled
+        assert "MIXED" not in (out / "report.md").read_text()
+    index = (tmp_path / "reports" / "index.md").read_text()
+    assert "[report](tiny3/smoke/report.html)" in index and "[report](tiny3/other/report.html)" in index
+    # --baseline names a model of one cohort only: the other cohort keeps its default baseline
+    res = bench_cli("report", "--results", str(results), "--out", str(tmp_path / "x"), "--baseline", "swinunet")
+    assert res.returncode == 0, res.stderr
     res = bench_cli("report", "--results", str(results), "--allow-mixed", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     out = tmp_path / "reports" / "mixed" / "tiny3-other+tiny3-smoke"
     md = (out / "report.md").read_text()
     assert "Mixed runs" in md and "MIXED, not comparable" in md
     arms = set(pd.read_csv(out / "csv" / "organ_dice.csv")["model"])
-    assert arms == {"swinunet [smoke hash 8de840]", "unet [smoke hash 8de840]", "unet [other hash 012345]"}
+    assert arms == {"swinunet [smoke hash b906b8]", "unet [smoke hash b906b8]", "unet [other hash 012345]"}
     res = bench_cli("report", "--results", str(results), "--protocol", "smoke", "--out", str(tmp_path / "one"))
     assert res.returncode == 0 and (tmp_path / "one" / "report.html").is_file()
+    assert not (tmp_path / "one" / "index.html").exists()  # one cohort: one report, no index
+
+
+def test_two_datasets_get_two_cohort_reports_and_an_index(sweep, tmp_path):
+    results = _light_copy(sweep, tmp_path / "results")
+    shutil.copytree(results / "tiny3", results / "tiny3b")
+    for manifest in (results / "tiny3b").glob("*/*/seed*/manifest.json"):
+        m = json.loads(manifest.read_text())
+        _edit_manifest(manifest.parent, run=dict(m["run"], dataset="tiny3b"),
+                       dataset=dict(m["dataset"], name="tiny3b", fingerprint="f" * 12))
+    res = bench_cli("report", "--results", str(results), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("report written to") == 2, res.stdout
+    for dataset in ("tiny3", "tiny3b"):
+        md = (tmp_path / "out" / dataset / "smoke" / "report.md").read_text()
+        assert f"dataset {dataset} (split" in md and "MIXED" not in md
+        assert set(pd.read_csv(tmp_path / "out" / dataset / "smoke" / "csv" / "runs.csv")["dataset"]) == {dataset}
+    page = (tmp_path / "out" / "index.html").read_text()
+    links = [a["href"] for a in _links(page)]
+    assert links == ["tiny3/smoke/report.html", "tiny3b/smoke/report.html"]
+    assert all((tmp_path / "out" / link).is_file() for link in links)
+    assert "first 2 test cases" in page  # smoke's subset, said in the index too
+
+
+def _links(page: str) -> list[dict]:
+    dom = _Dom()
+    dom.feed(page)
+    return dom.tags.get("a", [])
+
+
+def test_a_missed_organs_hd95_is_marked_counted_and_never_bolded(sweep, tmp_path):
+    results = _light_copy(sweep, tmp_path / "results")
+    for seed in SEEDS:  # unet misses the aorta in every case: the synapse convention scores its HD95 0
+        path = results / "tiny3" / "smoke" / "unet" / f"seed{seed}" / "metrics.parquet"
+        m = pd.read_parquet(path)
+        aorta = m["organ"] == "aorta"
+        m.loc[aorta, "status"] = "ref_only"
+        m.loc[aorta & m["metric"].isin(["dice", "nsd"]), "value"] = 0.0
+        m.loc[aorta & ~m["metric"].isin(["dice", "nsd"]), "value"] = 0.0
+        m.to_parquet(path)
+    table = organ_table(load_runs(results), "hd95")
+    row = {r[0]: i for i, r in enumerate(table.rows)}
+    column = table.header.index("aorta")
+    assert table.rows[row["unet"]][column] == "0.00 ± 0.00†"  # the lowest value, marked...
+    assert (row["unet"], column) not in table.bold and (row["swinunet"], column) in table.bold  # ...not the best
+    assert table.rows[row["unet"]][1].endswith("†")  # the mean over organs counts it too
+    frames = [pd.read_parquet(results / "tiny3" / "smoke" / "unet" / f"seed{s}" / "metrics.parquet") for s in SEEDS]
+    missed = sum(int(((f["metric"] == "hd95") & (f["status"] == "ref_only")).sum()) for f in frames)
+    assert missed >= len(SEEDS) * frames[0]["case"].nunique()  # the aorta in every case, and what 4 iterations miss
+    assert table.header[-1] == "missed" and table.rows[row["unet"]][-1] == str(missed)
+    rep = build_report(results, tmp_path / "out", n_boot=50)
+    md = (rep.out / "report.md").read_text()
+    assert "0 = missed" in md and "**0.00 ± 0.00†**" not in md and "0.00 ± 0.00†" in md
+    assert r"0.00 $\pm$ 0.00\dag{}" in (rep.out / "tables.tex").read_text()
+    assert "missed" in pd.read_csv(rep.out / "csv" / "organ_hd95.csv").columns
+
+
+def test_a_binary_2d_dataset_says_pixels_and_class_and_shows_its_one_class_once(tmp_path, monkeypatch, one_thread):
+    import torch
+    from PIL import Image
+
+    from bench.data.resolve import resolve_dataset
+    from bench.engine.runner import execute
+    from bench.engine.runs import RunSpec
+    from bench.engine.settings import RunSettings
+    from bench.protocol import load_protocol
+
+    folder, rng = tmp_path / "polyps", np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(6):  # a bright disc on noise, 0/255 masks
+        yy, xx = np.mgrid[:40, :48]
+        disc = (yy - rng.uniform(15, 25)) ** 2 + (xx - rng.uniform(18, 30)) ** 2 <= 100
+        image = (rng.integers(0, 90, (40, 48)) + 150 * disc).astype(np.uint8)
+        Image.fromarray(image).save(folder / "images" / f"p{i}.png")
+        Image.fromarray((255 * disc).astype(np.uint8)).save(folder / "masks" / f"p{i}.png")
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
+    ds = resolve_dataset(str(folder), say=lambda *a, **k: None)
+    protocol = load_protocol("smoke")
+    for model in ("swinunet-nano", "unet"):
+        out = execute(RunSpec(model, 0, 0.01, "protocol"), protocol, ds, RunSettings(results=tmp_path / "results"),
+                      torch.device("cpu"), say=lambda *a, **k: None)
+        assert out.status == "complete", out.message
+    rep = build_report(tmp_path / "results", tmp_path / "out", n_boot=50)
+    md = (rep.out / "report.md").read_text()
+    assert "DSC (%) per class" in md and "HD95 in pixels" in md and "voxel" not in md and "organ" not in md
+    dice = next(t for t in _organ_tables(tmp_path / "results") if t.key == "organ_dice")
+    (name,) = ds.organs.values()
+    assert dice.header == ["model", name, "seeds", "cases"]  # "mean" of one class is that class: shown once
+    assert "one class: no separate mean" in dice.title
+
+
+def _organ_tables(results: Path) -> list:
+    loaded = load_runs(results)
+    return [organ_table(loaded, "dice"), organ_table(loaded, "hd95")]
+
+
+def test_the_fairness_line_names_the_threads_and_a_mix_of_cpu_families(sweep, tmp_path):
+    results = _light_copy(sweep, tmp_path / "results")
+    amd = results / "tiny3" / "smoke" / "unet" / "seed1"
+    _edit_manifest(amd, cpu_vendor="AuthenticAMD", cpu="AMD EPYC 7B13")
+    res = bench_cli("report", "--results", str(results), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr  # pooled (the same recipe), but said so
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "(hash b906b8ec34f9, fp32, 1 thread on a CPU, pooled from 2 CPU families (AuthenticAMD AMD EPYC 7B13; " in md
+    assert "their last digits may differ" in md
+
+    from bench.protocol import load_protocol
+    from bench.report.load import load_runs
+    from bench.report.tables import fairness_note
+
+    _edit_manifest(amd, cpu_vendor=json.loads((amd.parent / "seed0" / "manifest.json").read_text())["cpu_vendor"],
+                   cpu=json.loads((amd.parent / "seed0" / "manifest.json").read_text())["cpu"])
+    assert "CPU families" not in fairness_note(load_runs(results))
+    # a run made before `threads` was a key, with 2 threads: another recipe than smoke's 1 thread
+    m = json.loads((amd / "manifest.json").read_text())
+    _edit_manifest(amd, protocol={k: v for k, v in m["protocol"].items() if k != "threads"}, threads=2)
+    with pytest.raises(Exception, match="runs differ in hash, threads"):
+        load_runs(results)
+    mixed = load_runs(results, allow_mixed=True)
+    two = load_protocol("smoke").derive(threads=2).hash()
+    assert {c["protocol_hash"] for c in mixed.cohorts} == {"b906b8ec34f9", two}
+    assert f"hash {two}, fp32, 2 threads on a CPU" in fairness_note(mixed)
 
 
 def test_bad_input_is_one_line_exit_2(sweep, tmp_path):
@@ -294,20 +444,6 @@ def test_bad_input_is_one_line_exit_2(sweep, tmp_path):
 
 # --- the page in a real browser -------------------------------------------------------------
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-def _browse(html: Path, *args: str) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             "--window-size=1366,900", *args, html.resolve().as_uri()],
-            capture_output=True, text=True, timeout=180)
 
 
 class _Dom(HTMLParser):
@@ -323,17 +459,17 @@ class _Dom(HTMLParser):
         self.text.append(data)
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium on PATH (Debian: apt-get install chromium); "
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on PATH (Debian: apt-get install chromium); "
                                                 "CI installs it")
 def test_html_renders_in_headless_chromium(sweep):
     page = sweep / "out" / "report.html"
-    res = _browse(page, "--dump-dom")
+    res = browse(page, "--window-size=1366,900", "--dump-dom")
     assert res.returncode == 0, res.stderr[-2000:]
     dom = _Dom()
     dom.feed(res.stdout)
     text = " ".join(dom.text)
     assert len(dom.tags["table"]) >= 9
-    assert text.count("swinunet") >= 5 and "convention synapse" in text and "hash 8de84022456a" in text
+    assert text.count("swinunet") >= 5 and "convention synapse" in text and "hash b906b8ec34f9" in text
     images = dom.tags["img"]
     assert len(images) == len(PLOTS)
     assert all(img["src"].startswith("data:image/png;base64,") for img in images)
@@ -342,7 +478,7 @@ def test_html_renders_in_headless_chromium(sweep):
     assert len(dom.tags["details"]) == len(MODELS) * len(SEEDS)  # the run manifests
 
     shot = sweep / "out" / "screenshot.png"
-    res = _browse(page, f"--screenshot={shot}")
+    res = browse(page, "--window-size=1366,900", f"--screenshot={shot}")
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
     from PIL import Image
 

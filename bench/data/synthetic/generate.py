@@ -24,12 +24,14 @@ import os
 import shutil
 import uuid
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from bench.data import layout
 from bench.data.synthetic.phantom import make_case
 
 GENERATOR_VERSION = 1  # bump whenever the generated arrays change
@@ -65,12 +67,16 @@ def manifest(seed: int = 0, *, size: int = 160, slice_mm: float = 5.0,
 
 def is_current(out_dir: Path, seed: int = 0, **options) -> bool:
     """True when out_dir holds a finished dataset generated with exactly these settings."""
+    return manifest_matches(out_dir, manifest(seed, **options))
+
+
+def manifest_matches(out_dir: Path, want: dict) -> bool:
+    """True when out_dir/synth.json has every key of ``want`` with the same value (a finished dataset)."""
     try:
         found = json.loads((Path(out_dir) / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    want = manifest(seed, **options)
-    return {k: found.get(k) for k in want} == want
+    return isinstance(found, dict) and {k: found.get(k) for k in want} == want
 
 
 def case_rng(seed: int, case_id: str) -> np.random.Generator:
@@ -95,12 +101,9 @@ def generate(out_dir: Path, seed: int = 0, **options) -> Path:
     """
     meta = manifest(seed, **options)
     size, slice_mm = meta["options"]["size"], meta["options"]["slice_mm"]
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        lists = tmp / "lists" / "lists_Synapse"
-        for d in (tmp / "train_npz", tmp / "test_vol_h5", lists):
+    with staged(out_dir) as tmp:
+        where = layout.files(tmp)
+        for d in (where.slice_dir, where.volume_dir, where.list_dir):
             d.mkdir(parents=True)
         cases, train_names = {}, []
         for cid in meta["train_cases"]:
@@ -108,26 +111,22 @@ def generate(out_dir: Path, seed: int = 0, **options) -> Path:
             image = window(case.hu)
             for k in range(image.shape[0]):
                 name = f"case{cid}_slice{k:03d}"
-                _save_npz(tmp / "train_npz" / f"{name}.npz", image=image[k], label=case.label[k])
+                _save_npz(where.slice(name), image=image[k], label=case.label[k])
                 train_names.append(name)
             cases[cid] = _geometry(case)
         for cid in meta["test_cases"]:
             case = make_case(case_rng(seed, cid), size, slice_mm)
-            with h5py.File(tmp / "test_vol_h5" / f"case{cid}.npy.h5", "w", track_order=False) as f:
+            with h5py.File(where.volume(f"case{cid}"), "w", track_order=False) as f:
                 f.create_dataset("image", data=window(case.hu), track_times=False)
                 f.create_dataset("label", data=case.label, track_times=False)
                 f.attrs["spacing"] = np.asarray(case.spacing, np.float64)
             cases[cid] = _geometry(case)
-        _write_lines(lists / "train.txt", train_names)
-        _write_lines(lists / "test_vol.txt", [f"case{c}" for c in meta["test_cases"]])
+        _write_lines(where.train_list, train_names)
+        _write_lines(where.test_list, [f"case{c}" for c in meta["test_cases"]])
         meta["cases"] = cases
         meta["num_train_slices"] = len(train_names)
         (tmp / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n")
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def intensity_oracle_dice(images: Iterable[np.ndarray], labels: Iterable[np.ndarray],
@@ -180,6 +179,26 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines))
+
+
+@contextmanager
+def staged(out_dir: Path) -> Iterator[Path]:
+    """A fresh sibling folder to build a dataset in, renamed to out_dir when the block succeeds.
+
+    An existing out_dir is moved aside, then deleted, so an interrupted or failed build never
+    leaves a half-written dataset there (and the old one survives it); the staging folder is
+    removed on any error.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

@@ -317,60 +317,93 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> float
     the level of the aortic bifurcation, where the unlabelled iliac arteries take over.
 
     Each organ's texture is computed only inside the box around its mask (b), which is where
-    most of the generation time would otherwise go.
+    most of the generation time would otherwise go. The random draws happen in a fixed order
+    (each organ's helper draws its own, in turn), so a seed gives the same phantom as before.
     """
-    rng, y, z3 = sp.rng, sp.y, sp.z[:, None, None]
-    ven = con.venous
     # Organs take up contrast a little differently in each patient: liver, spleen, pancreas, kidney.
-    liv, spl, pan, kid = rng.uniform(0.85, 1.15, 4).tolist()
-    # Liver: right lobe plus a left lobe reaching across the midline in front of the stomach.
-    steatosis = 45 * rng.beta(1, 3)  # a fatty liver is darker; most livers are near normal
+    liv, spl, pan, kid = sp.rng.uniform(0.85, 1.15, 4).tolist()
+    _liver(sp, cv, con, fine, mid, cavity, liv)
+    _spleen(sp, cv, con, fine, cavity, spl)
+    _stomach(sp, cv, con, fine, mid, cavity)
+    _duodenum(sp, cv, con, mid, cavity)
+    _pancreas(sp, cv, con, fine, mid, cavity, pan)
+    _gallbladder(sp, cv, con, fine, cavity)
+    _kidneys(sp, cv, con, fine, mid, cavity, kid)
+    dy = -40 + sp.rng.normal(0, 3)
+    bif = 205 + sp.rng.normal(0, 10)
+    cv.paint(_column(sp, _vertical(15, dy, z1=bif), (15, 15)) < 1, con.artery + 10 * fine, 1)
+    return bif
+
+
+def _liver(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity, uptake: float) -> None:
+    """Right lobe plus a left lobe reaching across the midline in front of the stomach."""
+    steatosis = 45 * sp.rng.beta(1, 3)  # a fatty liver is darker; most livers are near normal
     liver = np.minimum(
         _blob(sp, (0, 165), (-70, -5), (-85, 10), (82, 92), 0, peak=0.3, power=0.45).level,
         _blob(sp, (5, 95), (0, -65), (-10, -55), (62, 32), -10, peak=0.35).level) < 1
     if b := _bbox(liver & cavity):
         vessels = (np.abs(sp.field(10.0, b)) < 0.18) & (mid[b] > -0.8)
-        parenchyma = 60 + 50 * ven * liv - steatosis + 8 * sp.field(25.0, b)
-        cv.paint((liver & cavity)[b], np.where(vessels, 40 + 120 * ven, parenchyma) + 6 * fine[b], 5,
+        parenchyma = 60 + 50 * con.venous * uptake - steatosis + 8 * sp.field(25.0, b)
+        cv.paint((liver & cavity)[b], np.where(vessels, 40 + 120 * con.venous, parenchyma) + 6 * fine[b], 5,
                  at=b)
-    # Spleen: along the back wall; striped ("zebra") in the arterial phase.
+
+
+def _spleen(sp: _Space, cv: _Canvas, con: _Contrast, fine, cavity, uptake: float) -> None:
+    """Along the back wall; striped ("zebra") in the arterial phase."""
     sp_ = _blob(sp, (15, 115), (95, 45), (90, 30), (30, 58), 35, peak=0.45)
     if b := _bbox((sp_.level < 1) & cavity):
         stripes = 15 * con.art * np.sin(6 * sp_.u[b] + 2 * sp_.v[b])
-        cv.paint((sp_.level[b] < 1) & cavity[b], 60 + 70 * con.enh * spl + stripes + 6 * fine[b], 7, at=b)
-    # Stomach: enhancing wall; water, food or folds inside; gas in front above a fluid level.
+        cv.paint((sp_.level[b] < 1) & cavity[b], 60 + 70 * con.enh * uptake + stripes + 6 * fine[b], 7, at=b)
+
+
+def _stomach(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> None:
+    """Enhancing wall; water, food or folds inside; gas in front above a fluid level."""
+    y = sp.y
     st = _blob(sp, (15, 135), (60, -25), (-5, -50), (52, 42), -35, peak=0.3, power=0.4)
-    content = rng.choice(3)
-    gas_fill = rng.uniform(0.0, 0.45)
+    content = sp.rng.choice(3)
+    gas_fill = sp.rng.uniform(0.0, 0.45)
     if b := _bbox((st.level < 1) & cavity):
         lv, f, yb = st.level[b], fine[b], y[b]
         inner = (lambda: 10 + 5 * f, lambda: 35 + 30 * mid[b],
                  lambda: np.where(np.sin(9 * st.u[b] + 3 * mid[b]) > 0, 70.0, -10.0))[content]()
         m = (lv < 1) & cavity[b]
-        cv.paint(m, np.where(lv > 0.87, 45 + 50 * ven + 8 * f, inner), 8, at=b)
+        cv.paint(m, np.where(lv > 0.87, 45 + 50 * con.venous + 8 * f, inner), 8, at=b)
         lumen = m & (lv < 0.87)
         top = np.where(lumen, yb, np.inf).min(axis=(1, 2), keepdims=True)
         bottom = np.where(lumen, yb, -np.inf).max(axis=(1, 2), keepdims=True)
         with np.errstate(invalid="ignore"):  # slices without lumen give inf - inf
             cv.paint(lumen & (yb < top + gas_fill * (bottom - top)), -900.0, at=b)
+
+
+def _duodenum(sp: _Space, cv: _Canvas, con: _Contrast, mid, cavity) -> None:
     duod = _tube(sp, [(-15, -25, 100), (-48, -12, 112), (-55, 15, 128), (-35, 32, 143), (0, 28, 150)],
                  [12, 13, 13, 12, 11])
     if b := _bbox((duod < 1) & cavity):
         cv.paint((duod[b] < 1) & cavity[b],
-                 np.where(duod[b] > 0.7, 50 + 40 * ven, 20 + 25 * mid[b]), 0, at=b)
-    # Pancreas: a lobulated band from the splenic hilum (tail, higher) to the duodenum (head).
+                 np.where(duod[b] > 0.7, 50 + 40 * con.venous, 20 + 25 * mid[b]), 0, at=b)
+
+
+def _pancreas(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity, uptake: float) -> None:
+    """A lobulated band from the splenic hilum (tail, higher) to the duodenum (head)."""
     panc = _tube(sp, [(85, 15, 92), (55, -2, 97), (22, -18, 103), (-5, -24, 110), (-28, -10, 120),
                       (-18, 8, 133)], [13, 15, 17, 17, 21, 15], jitter=0.6)
-    fatty = rng.uniform(1.0, 1.8)  # fat between the lobules, more in older patients
+    fatty = sp.rng.uniform(1.0, 1.8)  # fat between the lobules, more in older patients
     if b := _bbox((panc < 1) & cavity):
-        lobules = np.where(fine[b] > fatty, -40 + 20 * mid[b], 45 + 50 * ven * pan + 8 * fine[b])
+        lobules = np.where(fine[b] > fatty, -40 + 20 * mid[b], 45 + 50 * con.venous * uptake + 8 * fine[b])
         cv.paint((panc[b] < 1) & cavity[b], lobules, 6, at=b)
+
+
+def _gallbladder(sp: _Space, cv: _Canvas, con: _Contrast, fine, cavity) -> None:
     gb = _blob(sp, (95, 165), (-45, -35), (-68, -40), (19, 29), 70, peak=0.45)
-    bile_hu = rng.uniform(0, 25)
+    bile_hu = sp.rng.uniform(0, 25)
     if b := _bbox((gb.level < 1) & cavity):
-        bile = np.where(gb.level[b] > 0.85, 40 + 30 * ven, bile_hu + 4 * fine[b])
+        bile = np.where(gb.level[b] > 0.85, 40 + 30 * con.venous, bile_hu + 4 * fine[b])
         cv.paint((gb.level[b] < 1) & cavity[b], bile, 2, at=b)
-    # Kidneys: cortex, medullary pyramids, sinus fat and pelvis at the hilum facing forward-inward.
+
+
+def _kidneys(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity, uptake: float) -> None:
+    """Cortex, medullary pyramids, sinus fat and pelvis at the hilum facing forward-inward."""
+    z3 = sp.z[:, None, None]
     for organ, side, zr in ((3, 1, (85, 195)), (4, -1, (100, 210))):
         k = _blob(sp, zr, (side * 70, 55), (side * 72, 60), (26, 32), 180 - side * 140, power=0.45,
                   harm=0.08)
@@ -378,17 +411,13 @@ def _organs(sp: _Space, cv: _Canvas, con: _Contrast, fine, mid, cavity) -> float
             continue
         u, v, lv, f = k.u[b], k.v[b], k.level[b], fine[b]
         m = (lv < 1) & cavity[b]
-        cortex = 50 + 150 * con.enh * kid
+        cortex = 50 + 150 * con.enh * uptake
         pyramid = np.cos(7 * np.arctan2(v, u - 0.4)) > 0.1
         medulla = np.where(pyramid, 40 + (60 + 70 * (1 - con.art)) * con.enh, cortex)
         val = np.where(lv > 0.78, cortex, medulla) + 10 * f
         sinus = ((u - 0.45) ** 2 / 0.2 + v**2 / 0.1 < 1) & (np.abs(z3[b[0]] - sum(zr) / 2) < 30)
         cv.paint(m, np.where(sinus, np.where(mid[b] > 0.5, 5.0, -60 + 20 * f), val), organ, at=b)
         cv.paint(m & sinus & (u > 0.8), -80 + 15 * f, 0, at=b)  # the hilum opens to the outside
-    dy = -40 + rng.normal(0, 3)
-    bif = 205 + rng.normal(0, 10)
-    cv.paint(_column(sp, _vertical(15, dy, z1=bif), (15, 15)) < 1, con.artery + 10 * fine, 1)
-    return bif
 
 
 def _vessels(sp: _Space, cv: _Canvas, con: _Contrast, fine, bif: float) -> None:

@@ -17,15 +17,16 @@ from pathlib import Path
 import torch
 
 from bench.data.synapse import Dataset
-from bench.engine.results import MANIFEST, RunId, RunLocked, metrics_problem, read_manifest, run_lock, run_path
-from bench.engine.runner import Outcome, RunSpec, config_key, execute, reset_run, run_config, same_run
+from bench.engine.results import MANIFEST, RunLocked, read_manifest, run_lock
+from bench.engine.runner import Outcome, execute, reset_run
+from bench.engine.runs import JOB_MARKER, RunId, RunSpec, RunState, config_key, run_config, run_id, run_state, same_run
+from bench.engine.settings import RunSettings
 from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments.options import RunOptions
 from bench.files import write_json
 from bench.protocol import Protocol
 
-JOB_MARKER = "job.json"
 FINISHED = ("complete", "failed", "diverged")
 
 
@@ -35,23 +36,20 @@ class Submitted(Exception):  # noqa: N818 (a state, not an error)
 
 @dataclass(frozen=True)
 class RunJob:
-    """One run as it travels to a worker."""
+    """One run as it travels to a worker: the engine's arguments, picklable, with absolute paths."""
 
     spec: RunSpec
     protocol: Protocol
     ds: Dataset
-    results: Path
-    device: str  # resolved on the worker's node ("auto": CUDA if that node has it)
-    keep_weights: bool
-    track: tuple[str, ...] = ()  # live trackers (--track), started on the worker
+    settings: RunSettings  # the command's, as they are (the device is resolved on the worker's node)
 
     @property
     def run(self) -> RunId:
-        return RunId(self.ds.name, self.protocol.name, self.spec.label, self.spec.seed)
+        return run_id(self.spec, self.protocol, self.ds)
 
     @property
     def path(self) -> Path:
-        return run_path(self.results, self.run)
+        return self.run.path(self.settings.results)
 
     @property
     def key(self) -> str:
@@ -66,18 +64,18 @@ def plan(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, opts: RunOptions) ->
     """Per job, in order: the ``RunJob`` to execute, or the ``Outcome`` of a run already complete.
 
     Completed runs are never handed to a worker. With ``--force`` the runs are reset here, once,
-    so that a worker that is requeued later resumes instead of starting over.
+    so that a worker that is requeued later resumes instead of starting over (its settings say
+    no more --force).
     """
     ds = replace(ds, root=Path(ds.root).resolve())  # workers may start in another folder
+    settings = replace(opts.for_workers().run, force=False)
     out: list[RunJob | Outcome] = []
     for spec, proto in jobs:
-        job = RunJob(spec, proto, ds, opts.results.resolve(), opts.device, opts.keep_weights, tuple(opts.track))
-        m = read_manifest(job.path)
-        if (not opts.force and m and m.get("status") == "complete" and same_run(m, job.key)
-                and metrics_problem(job.path) is None):
+        job = RunJob(spec, proto, ds, settings)
+        if not opts.run.force and run_state(job.path, job.key) is RunState.COMPLETE:
             out.append(Outcome(job.run, job.path, "skipped", "already complete"))
             continue
-        if opts.force:
+        if opts.run.force:
             try:
                 reset_run(job.path)
             except RunLocked as e:
@@ -88,10 +86,10 @@ def plan(jobs: list[tuple[RunSpec, Protocol]], ds: Dataset, opts: RunOptions) ->
 
 def outcome_from_folder(job: RunJob, why: str) -> Outcome:
     """A finished run's outcome from its manifest; otherwise failed, with ``why`` (the job state, the log)."""
-    m = read_manifest(job.path)
+    m = read_manifest(job.path) or {}
     if same_run(m, job.key) and m.get("status") in FINISHED:
         return Outcome(job.run, job.path, m["status"], m.get("error") or "")
-    state = (m or {}).get("status", "not started")
+    state = m.get("status", "not started")
     return Outcome(job.run, job.path, "failed", f"run {state}: {why}")
 
 
@@ -100,17 +98,21 @@ def write_marker(run_dir: Path, info: dict) -> None:
 
 
 def read_marker(run_dir: Path) -> dict | None:
+    """The ``job.json`` of a run folder; None if there is none or it is not a JSON object (torn, foreign)."""
     try:
-        return json.loads((Path(run_dir) / JOB_MARKER).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        marker = json.loads((Path(run_dir) / JOB_MARKER).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return marker if isinstance(marker, dict) else None
 
 
-def set_threads(cpus: int | None) -> None:
-    """Use the CPUs the scheduler granted, unless OMP_NUM_THREADS says otherwise (without a cgroup,
-    torch would start one thread per core of the node and runs sharing a node would thrash)."""
+def set_threads(cpus: int | None, workers: int = 0) -> None:
+    """The worker process's torch threads: the CPUs the scheduler granted less the data-loader workers',
+    unless OMP_NUM_THREADS says otherwise (without a cgroup, torch would start one thread per core of
+    the node and runs sharing a node would thrash). A run on a CPU then uses its protocol's count
+    (``numerics.threads``); this is what the rest of the process (and a run on a GPU) uses."""
     if cpus and not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(cpus)
+        torch.set_num_threads(max(1, cpus - workers))
 
 
 def say(text: str) -> None:
@@ -120,12 +122,12 @@ def say(text: str) -> None:
 def run_here(job: RunJob, where: dict) -> Outcome:
     """Execute one run in this process (a worker): the engine's ``execute``, waiting for the lock."""
     try:
-        device = pick_device(job.device)  # this node's: a GPU the submitting machine may not have
+        device = pick_device(job.settings.device)  # this node's: a GPU the submitting machine may not have
     except BenchError as e:
         say(f"{job.name}: {e}")
         return mark_failed(job, f"{e} (on {where.get('node', 'this node')})")
-    return execute(job.spec, job.protocol, job.ds, job.results, device, progress=None, say=say,
-                   wait=True, keep_weights=job.keep_weights, track=job.track, where=where)
+    return execute(job.spec, job.protocol, job.ds, job.settings, device, progress=None, say=say, wait=True,
+                   where=where)
 
 
 def mark_failed(job: RunJob, message: str) -> Outcome:
@@ -133,7 +135,7 @@ def mark_failed(job: RunJob, message: str) -> Outcome:
     try:
         with run_lock(job.path):
             m = read_manifest(job.path)
-            if m and m.get("key") == job.key and m.get("status") not in FINISHED:
+            if m and same_run(m, job.key) and m.get("status") not in FINISHED:
                 write_json(job.path / MANIFEST, m | {"status": "failed", "error": message})
     except RunLocked:
         pass  # someone is running it again: their manifest is the truth

@@ -16,7 +16,8 @@ import os
 import socket
 from contextlib import contextmanager
 
-from bench.engine.runner import Outcome, RunSpec
+from bench.engine.runner import Outcome
+from bench.engine.runs import RunSpec
 from bench.engine.train import Interrupted
 from bench.errors import BenchError
 from bench.experiments.executors import resources
@@ -76,20 +77,22 @@ def remote(ray, fn, gpus: int, cpus: int):
 def execute_ray(jobs: list[tuple[RunSpec, Protocol]], ds, opts: RunOptions) -> list[Outcome]:
     """Every run as a Ray task; the outcomes, in order, once all have ended."""
     planned = plan(jobs, ds, opts)
-    for o in planned:
-        if isinstance(o, Outcome):
-            opts.say(f"{o.run.model} seed {o.run.seed}: {o.status} ({o.message}) -> {o.path}")
+    outcomes: dict[int, Outcome] = {i: o for i, o in enumerate(planned) if isinstance(o, Outcome)}
+    for o in outcomes.values():
+        opts.say(f"{o.run.model} seed {o.run.seed}: {o.status} ({o.message}) -> {o.path}")
     todo = {i: p for i, p in enumerate(planned) if isinstance(p, RunJob)}
     if not todo:
-        return planned  # type: ignore[return-value]
+        return [outcomes[i] for i in range(len(planned))]
+    ex = opts.executor
     proto = next(iter(todo.values())).protocol
-    gpus, cpus = resources.gpus_per_run(opts.executor, opts.device, proto), resources.cpus_per_run(opts.executor, proto)
+    gpus = resources.gpus_per_run(ex, opts.run.device, proto)
+    cpus = {i: resources.cpus_per_run(ex, job.protocol) for i, job in todo.items()}  # threads may differ
     with ray_session(opts) as ray:
         where = opts.executor.ray_address or os.environ.get("RAY_ADDRESS") or "started on this machine"
-        opts.say(f"Ray ({where}: {capacity(ray, gpus, cpus)}): {_n(len(todo), 'run')} as tasks, per run "
-                 f"{_n(gpus, 'GPU')} and {_n(cpus, 'CPU')}, up to {RETRIES} retries each")
-        task = remote(ray, ray_run, gpus, cpus)
-        refs = {task.remote(job): i for i, job in todo.items()}
+        opts.say(f"Ray ({where}: {capacity(ray, gpus, max(cpus.values()))}): {_n(len(todo), 'run')} as tasks, "
+                 f"per run {_n(gpus, 'GPU')} and {'/'.join(map(str, sorted(set(cpus.values()))))} CPU"
+                 f"{'s' if max(cpus.values()) != 1 else ''}, up to {RETRIES} retries each")
+        refs = {remote(ray, ray_run, gpus, cpus[i]).remote(job): i for i, job in todo.items()}
         pending = list(refs)
         try:
             while pending:
@@ -97,15 +100,15 @@ def execute_ray(jobs: list[tuple[RunSpec, Protocol]], ds, opts: RunOptions) -> l
                 for ref in done:
                     i = refs[ref]
                     try:
-                        planned[i] = ray.get(ref)
+                        outcomes[i] = ray.get(ref)
                     except Exception as e:  # the worker died RETRIES + 1 times, or the task raised
                         why = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                        planned[i] = mark_failed(todo[i], f"Ray task failed ({type(e).__name__}): {why}")
-                    out = planned[i]
+                        outcomes[i] = mark_failed(todo[i], f"Ray task failed ({type(e).__name__}): {why}")
+                    out = outcomes[i]
                     opts.say(f"{todo[i].name}: {out.status}{f' ({out.message})' if out.message else ''} -> {out.path}")
         except KeyboardInterrupt:
             raise Interrupted("the Ray tasks were stopped with the command") from None
-    return planned  # type: ignore[return-value]
+    return [outcomes[i] for i in range(len(planned))]
 
 
 def _n(count: int, what: str) -> str:
@@ -120,19 +123,20 @@ def ray_where() -> dict:
             "gpus": ctx.get_accelerator_ids().get("GPU", [])}
 
 
-def ray_threads() -> None:
-    """As many torch threads as the task's CPUs (Ray puts that in OMP_NUM_THREADS unless the
-    driver's environment had it, but torch may have started its pool before)."""
+def ray_threads(workers: int = 0) -> None:
+    """The task's torch threads: its CPUs less the data-loader workers' (Ray puts the CPUs in
+    OMP_NUM_THREADS unless the driver's environment had it, but torch may have started its pool
+    before). A run on a CPU then uses its protocol's count (``numerics.threads``)."""
     import ray
     import torch
 
     cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or cpus))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, cpus - workers)))
 
 
 def ray_run(job: RunJob) -> Outcome:
     """A Ray task: one run through the engine, in its run folder."""
-    ray_threads()
+    ray_threads(job.protocol.num_workers)
     where = ray_where()
     say(f"{job.name}: Ray task {where['task_id']} on {where['node']} -> {job.path}")
     return run_here(job, where)

@@ -5,12 +5,12 @@ import re
 
 from bench.errors import BenchError
 from bench.experiments.options import EXECUTORS, ExecutorOptions
-from bench.protocol import Protocol
+from bench.protocol import Protocol, parse_protocol_name
 
 # The shipped protocols meant for a CPU (see the README's protocol table); any other asks for a GPU.
 CPU_PROTOCOLS = ("cpu", "smoke")
 SLURM_ONLY = {"partition": "--partition", "mem": "--mem", "time": "--time", "max_parallel": "--max-parallel",
-              "slurm_args": "--slurm-arg"}
+              "slurm_args": "--slurm-arg", "slurm_overrides": "--slurm-override"}
 
 
 def gpus_per_run(ex: ExecutorOptions, device: str, protocol: Protocol) -> int:
@@ -22,12 +22,22 @@ def gpus_per_run(ex: ExecutorOptions, device: str, protocol: Protocol) -> int:
         return 1
     if device == "cpu":
         return 0
-    return 0 if protocol.name.split("@")[0] in CPU_PROTOCOLS else 1
+    return 0 if parse_protocol_name(protocol.name)[0] in CPU_PROTOCOLS else 1
 
 
 def cpus_per_run(ex: ExecutorOptions, protocol: Protocol) -> int:
-    """``--cpus-per-run``, else the protocol's data-loader workers plus the training process."""
-    return ex.cpus_per_run if ex.cpus_per_run is not None else protocol.num_workers + 1
+    """``--cpus-per-run``, else the protocol's threads plus one CPU per data-loader worker (each worker
+    is a process of its own with one thread). Fewer CPUs than the protocol's threads is an error: the
+    run would still use its threads (they are part of its numbers), on CPUs it was not given."""
+    if ex.cpus_per_run is None:
+        return protocol.threads + protocol.num_workers
+    if ex.cpus_per_run < protocol.threads:
+        raise BenchError(f"--cpus-per-run {ex.cpus_per_run}: protocol {protocol.name} runs {protocol.threads} "
+                         f"threads per run (its 'threads', part of its numbers); ask for at least "
+                         f"{protocol.threads} (the default is {protocol.threads + protocol.num_workers}: "
+                         f"+ {protocol.num_workers} data-loader workers), or --set threads={ex.cpus_per_run} "
+                         "for another recipe")
+    return ex.cpus_per_run
 
 
 def check(ex: ExecutorOptions) -> None:
@@ -59,15 +69,76 @@ def check(ex: ExecutorOptions) -> None:
         raise BenchError(f"--mem expects a Slurm size such as 32G or 64000M, got '{ex.mem}'")
 
 
-def parse_slurm_args(items: list[str]) -> dict[str, str]:
-    """``--slurm-arg KEY=VALUE`` (any sbatch option without its dashes: account=lab, qos=high)."""
-    out = {}
+# sbatch options the harness writes into every batch script (slurm.submit, and submitit under it). These are
+# never replaced by --slurm-arg: each has a flag of its own, or the harness cannot work without it.
+SLURM_OWN = {"partition": "use --partition", "time": "use --time", "mem": "use --mem",
+             "cpus-per-task": "use --cpus-per-run", "gpus-per-node": "use --gpus-per-run",
+             "array": "one array task per run; use --max-parallel for its %K",
+             "requeue": "always on: a preempted task is requeued and resumes from its checkpoint",
+             "no-requeue": "requeue is always on: a preempted task is requeued and resumes from its checkpoint"}
+# These hold up what the harness promises; --slurm-arg replaces one only when --slurm-override KEY names it.
+SLURM_RESERVED = {
+    "signal": "the warning (USR1@120) on which a run checkpoints and requeues itself",
+    "output": "the batch log beside the task log that job.json and bench status name",
+    "error": "the batch log beside the task log that job.json and bench status name",
+    "open-mode": "a requeued task appends to its logs", "nodes": "one process per run",
+    "ntasks": "one process per run", "ntasks-per-node": "one process per run",
+    "job-name": "the name the harness gives its jobs", "wckey": "the workload key submitit sets",
+}
+# how submitit spells the keys it writes itself (an override must replace that entry, not add a second line)
+SUBMITIT_SPELLING = {"job-name": "job_name"}
+_KEY = re.compile(r"[a-z][a-z0-9-]*")
+_PREFIX_OPTIONS = ("gpus",)  # sbatch options of their own that are also prefixes of a key above
+
+
+def slurm_key(key: str) -> str:
+    """The sbatch option a --slurm-arg key means: without dashes, ``_`` as ``-``, and an abbreviation of a key
+    the harness writes (sbatch, like getopt, takes ``--sig`` for ``--signal``) as that key."""
+    name = key.strip().lstrip("-").replace("_", "-").lower()
+    if name in _PREFIX_OPTIONS or name in SLURM_OWN or name in SLURM_RESERVED:
+        return name
+    return next((full for full in (*SLURM_OWN, *SLURM_RESERVED) if full.startswith(name)), name) if name else name
+
+
+def _check_slurm_arg(item: str, key: str, value: str, overrides: set[str]) -> None:
+    if not key or not value.strip() or not _KEY.fullmatch(key):
+        raise BenchError(f"--slurm-arg expects KEY=VALUE with an sbatch option name (e.g. account=mylab), got {item!r}")
+    if not value.isprintable():
+        raise BenchError(f"--slurm-arg {key}: the value holds a newline or another control character ({value!r}); "
+                         "each --slurm-arg is one line of the batch script")
+    if key in SLURM_OWN:
+        raise BenchError(f"--slurm-arg {item.strip()}: the harness sets {key} ({SLURM_OWN[key]})")
+    if key in SLURM_RESERVED and key not in overrides:
+        raise BenchError(f"--slurm-arg {item.strip()}: the harness sets {key} ({SLURM_RESERVED[key]}); "
+                         f"add --slurm-override {key} to replace it anyway")
+
+
+def parse_slurm_args(items: list[str], overrides: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """``--slurm-arg KEY=VALUE`` (any sbatch option without its dashes: account=lab, qos=high), checked.
+
+    A value is one line (no newline or control character); a key the harness writes itself is refused:
+    those it cannot work without or that have a flag of their own always (``SLURM_OWN``, the message
+    names the flag), the others (``SLURM_RESERVED``) unless ``--slurm-override KEY`` names them: then
+    they replace the harness's value.
+    """
+    wanted = set()
+    for name in overrides:
+        key = name.strip().lstrip("-").replace("_", "-").lower()
+        if key in SLURM_OWN:
+            raise BenchError(f"--slurm-override {name}: {key} cannot be overridden ({SLURM_OWN[key]})")
+        if key not in SLURM_RESERVED:
+            raise BenchError(f"--slurm-override {name}: not a key the harness sets (those are "
+                             f"{', '.join(SLURM_RESERVED)}); other keys need no override")
+        wanted.add(key)
+    out: dict[str, str] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().lstrip("-")
-        if not sep or not key or not value.strip():
-            raise BenchError(f"--slurm-arg expects KEY=VALUE (e.g. account=mylab), got '{item}'")
-        out[key] = value.strip()
+        raw, sep, value = item.partition("=")
+        key = slurm_key(raw) if sep else ""
+        _check_slurm_arg(item, key, value, wanted)
+        out[SUBMITIT_SPELLING.get(key, key)] = value.strip()
+    unused = wanted - {slurm_key(k) for k in out}
+    if unused:
+        raise BenchError(f"--slurm-override {', '.join(sorted(unused))}: no --slurm-arg sets it")
     return out
 
 
@@ -80,10 +151,11 @@ def slurm_minutes(text: str) -> int:
     if not m:
         raise BenchError(f"--time expects a Slurm time such as 90, 8:00:00 or 2-00:00:00, got '{text}'")
     d, a, b, c = (int(v) if v is not None else None for v in m.group("d", "a", "b", "c"))
+    a = a or 0  # the pattern always has it
     if d is not None:  # D-H[:M[:S]]
         seconds = d * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
     elif c is not None:  # H:M:S
-        seconds = a * 3600 + b * 60 + c
+        seconds = a * 3600 + (b or 0) * 60 + c
     elif b is not None:  # M:S
         seconds = a * 60 + b
     else:  # M

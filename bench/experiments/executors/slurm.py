@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.engine.runner import Outcome, RunSpec
+from bench.engine.runner import Outcome
+from bench.engine.runs import RunSpec
 from bench.engine.train import Interrupted, Preempted
 from bench.errors import BenchError
 from bench.experiments.executors import resources
@@ -77,16 +78,12 @@ def _time_text(minutes: int) -> str:
     return "unlimited" if minutes == 0 else f"{minutes // 60}:{minutes % 60:02d}:00"
 
 
-def submit(fn, items: list, opts: RunOptions, protocol: Protocol, name: str) -> tuple[list[tuple[str, Path]], str]:
-    """Submit ``fn(item)`` for every item as one array job; ``(task id, log)`` per item and the resources."""
-    submitit = _check_slurm()
-    ex = opts.executor
-    gpus, cpus = resources.gpus_per_run(ex, opts.device, protocol), resources.cpus_per_run(ex, protocol)
-    minutes = resources.slurm_minutes(ex.time) if ex.time else _default_minutes(ex.partition)
-    folder = opts.results.resolve() / JOBS_DIR / "%A"
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
-    params: dict = {"job_name": name, "cpus_per_task": cpus, "time": minutes, "array_parallelism": ex.max_parallel or
-                    len(items), "additional_parameters": {"signal": f"{SIGNAL}@{SIGNAL_LEAD_SECONDS}", "requeue": True}}
+def sbatch_parameters(ex, gpus: int, cpus: int, minutes: int, n: int, name: str) -> dict:
+    """submitit's parameters of an array of ``n`` runs: the resources, the requeue signal, and the
+    ``--slurm-arg`` options (checked by ``resources.parse_slurm_args``: only an overridden key
+    replaces one of the harness's)."""
+    params: dict = {"job_name": name, "cpus_per_task": cpus, "time": minutes, "array_parallelism": ex.max_parallel or n,
+                    "additional_parameters": {"signal": f"{SIGNAL}@{SIGNAL_LEAD_SECONDS}", "requeue": True}}
     if gpus:
         params["gpus_per_node"] = gpus
     if ex.partition:
@@ -94,7 +91,18 @@ def submit(fn, items: list, opts: RunOptions, protocol: Protocol, name: str) -> 
     if ex.mem:
         params["additional_parameters"]["mem"] = ex.mem
     params["additional_parameters"].update(ex.slurm_args)
-    executor.update_parameters(**params)
+    return params
+
+
+def submit(fn, items: list, opts: RunOptions, protocol: Protocol, name: str) -> tuple[list[tuple[str, Path]], str]:
+    """Submit ``fn(item)`` for every item as one array job; ``(task id, log)`` per item and the resources."""
+    submitit = _check_slurm()
+    ex = opts.executor
+    gpus, cpus = resources.gpus_per_run(ex, opts.run.device, protocol), resources.cpus_per_run(ex, protocol)
+    minutes = resources.slurm_minutes(ex.time) if ex.time else _default_minutes(ex.partition)
+    folder = opts.run.results.resolve() / JOBS_DIR / "%A"
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
+    executor.update_parameters(**sbatch_parameters(ex, gpus, cpus, minutes, len(items), name))
     try:
         with executor.batch():
             jobs = [executor.submit(fn, item) for item in items]
@@ -112,37 +120,39 @@ def execute_slurm(jobs: list[tuple[RunSpec, Protocol]], ds, opts: RunOptions) ->
     planned = plan(jobs, ds, opts)
     todo = {i: p for i, p in enumerate(planned) if isinstance(p, RunJob)}
     markers = {i: read_marker(job.path) or {} for i, job in todo.items()}
-    live = queue([m["job_id"] for m in markers.values() if m.get("executor") == "slurm"])
+    live = queue([str(m["job_id"]) for m in markers.values() if m.get("executor") == "slurm" and m.get("job_id")]) or {}
     tracked: dict[int, tuple[str, str]] = {}  # index -> (task id, log)
     for i, m in markers.items():
-        if m.get("executor") == "slurm" and m.get("job_id") in (live or {}):
+        if m.get("executor") == "slurm" and m.get("job_id") in live:
             tracked[i] = (m["job_id"], m.get("log", ""))
             say(f"{todo[i].name}: already queued as Slurm job {m['job_id']} ({live[m['job_id']]['state'].lower()}); "
                 "not submitted again")
     new = [i for i in todo if i not in tracked]
     skipped = len(planned) - len(todo)
     if new:
-        proto = todo[new[0]].protocol
+        # one array, one size of task: the most CPUs any of its runs needs (an ablation of threads)
+        proto = max((todo[i].protocol for i in new), key=lambda p: resources.cpus_per_run(opts.executor, p))
         ids, described = submit(slurm_run, [todo[i] for i in new], opts, proto, "segbench")
-        for i, (task, log) in zip(new, ids, strict=True):
-            write_marker(todo[i].path, {"executor": "slurm", "job_id": task, "log": str(log)})
-            tracked[i] = (task, str(log))
+        for i, (task, log_path) in zip(new, ids, strict=True):
+            write_marker(todo[i].path, {"executor": "slurm", "job_id": task, "log": str(log_path)})
+            tracked[i] = (task, str(log_path))
         array = ids[0][0].split("_")[0]
         opts.say(f"submitted {len(new)} run{'s' if len(new) != 1 else ''} as Slurm job {array} ({described})"
                  + (f"; {skipped} complete run{'s' if skipped != 1 else ''} reused" if skipped else ""))
         for i in new:
             opts.say(f"  {tracked[i][0]}: {todo[i].name}")
-        opts.say(f"logs: {opts.results.resolve() / JOBS_DIR / array}/")
-    if not tracked:
-        return _said(planned, opts)
+        opts.say(f"logs: {opts.run.results.resolve() / JOBS_DIR / array}/")
+    if not tracked:  # every run was complete
+        return _said([p for p in planned if isinstance(p, Outcome)], opts)
     if not opts.executor.wait:
-        opts.say(f"follow them with `bench status --results {opts.results}`; run the same command again "
+        opts.say(f"follow them with `bench status --results {opts.run.results}`; run the same command again "
                  "(or with --wait) for the table once they are done")
         raise Submitted()
     try:
         states = wait({tracked[i][0]: todo[i].name for i in tracked}, opts.say)
     except KeyboardInterrupt:
-        raise Interrupted(f"stopped waiting; the Slurm jobs go on (bench status --results {opts.results})") from None
+        raise Interrupted(f"stopped waiting; the Slurm jobs go on (bench status --results "
+                          f"{opts.run.results})") from None
     out = []
     for i, p in enumerate(planned):
         if isinstance(p, Outcome):
@@ -258,7 +268,7 @@ def requeue_on_signal() -> None:
 
 def slurm_run(job: RunJob) -> Outcome:
     """An array task: one run, requeued on the warning signal, in its run folder whatever the job id."""
-    set_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or 0))
+    set_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or 0), job.protocol.num_workers)
     where = slurm_where()
     say(f"{job.name}: Slurm job {where['job_id']} on {where['node']} (restart {where['restarts']}) -> {job.path}")
     requeue_on_signal()

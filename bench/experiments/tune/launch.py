@@ -8,33 +8,33 @@ the trials it still owes, and the trial it was running is retried (see ``livenes
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import optuna
-from rich.console import Console
+from rich.text import Text
 
 from bench.data.resolve import resolve_dataset
 from bench.errors import BenchError
 from bench.experiments.executors import resources
-from bench.experiments.options import ExecutorOptions, RunOptions
+from bench.experiments.options import RunOptions
 from bench.experiments.tune.liveness import WORKER_ENV
-from bench.experiments.tune.search import EXIT_PREEMPTED, tune
-from bench.experiments.tune.studies import display_url, open_storage, study_dir, study_name
-from models import is_model, list_models
+from bench.experiments.tune.search import EXIT_PREEMPTED, check_buildable, check_request, tune
+from bench.experiments.tune.studies import best_trial, open_storage, study_dir, study_name, summary
+from bench.urls import display_url
 
 
 @dataclass(frozen=True)
 class TuneWorker:
-    """What one worker needs: the command's options (without the console) and ``tune``'s arguments."""
+    """What one worker needs: the command's options as they travel (``RunOptions.for_workers``) and
+    ``tune``'s arguments."""
 
     models: list[str]
-    options: dict
+    options: RunOptions
     kwargs: dict = field(default_factory=dict)
 
     def run(self, worker: str) -> int:
         os.environ[WORKER_ENV] = worker
-        console = Console(soft_wrap=True)
-        return tune(self.models, RunOptions(**self.options, console=console), **self.kwargs)
+        return tune(self.models, self.options, **self.kwargs)
 
 
 def launch(models: list[str], opts: RunOptions, **kwargs) -> int:
@@ -47,41 +47,33 @@ def launch(models: list[str], opts: RunOptions, **kwargs) -> int:
     if not storage or storage.startswith("sqlite"):
         raise BenchError(f"--executor {ex.name}: the workers share each study through --storage journal:FILE (on a "
                          "file system every node sees) or postgresql://...; SQLite is for workers on one machine")
-    for m in models or []:
-        if not is_model(m):
-            raise BenchError(f"unknown model '{m}'; valid models: {', '.join(list_models())}")
-    if not models:
-        raise BenchError("give --model NAME or --models a,b,c; valid models: " + ", ".join(list_models()))
-    if kwargs.get("n_trials", 10) < 1:
-        raise BenchError(f"--trials must be at least 1, got {kwargs['n_trials']}")
-    proto = opts.load_protocol(iterations=opts.iterations)
+    check_request(models, kwargs.get("n_trials", 10), kwargs.get("timeout"), kwargs.get("studies"))
+    proto = opts.load_protocol()
     ds = resolve_dataset(opts.dataset or "synthetic", say=opts.say, data_root=opts.data_root, fold=opts.fold)
+    check_buildable(models, proto, ds)  # here, not in N workers
     open_storage(storage)  # a bad URL or an unreachable server fails here, not in N workers
     names = kwargs.get("studies") or [study_name(ds.name, m, proto) for m in models]
-    results = opts.results.resolve()
-    worker = TuneWorker(models, {"protocol": opts.protocol, "dataset": opts.dataset, "data_root": opts.data_root,
-                                 "fold": opts.fold, "results": results, "iterations": opts.iterations,
-                                 "device": opts.device, "sets": list(opts.sets),
-                                 "track": list(opts.track), "executor": ExecutorOptions()}, kwargs)
+    worker = TuneWorker(models, opts.for_workers(), kwargs)
+    results = worker.options.run.results
     n = ex.workers
     opts.say(f"{n} worker{'s' if n != 1 else ''} on {ex.name}, each adding {kwargs.get('n_trials', 10)} trials to "
              f"{', '.join(names)}; storage {display_url(storage)}")
     if ex.name == "slurm":
         from bench.experiments.executors import slurm
 
-        ids, described = slurm.submit(slurm_tune, [worker] * n, replace(opts, results=results), proto, "segbench-tune")
+        ids, described = slurm.submit(slurm_tune, [worker] * n, opts, proto, "segbench-tune")
         opts.say(f"submitted as Slurm job {ids[0][0].split('_')[0]} ({described}); logs: "
                  f"{results / slurm.JOBS_DIR / ids[0][0].split('_')[0]}/")
         if not ex.wait:
             opts.say("run with --wait to block until the workers end; the study grows meanwhile "
-                     f"(optuna-dashboard {storage.removeprefix('journal:')})")
+                     f"(optuna-dashboard {display_url(storage).removeprefix('journal:')})")
             return 0
         states = slurm.wait({task: f"tune worker {i}" for i, (task, _) in enumerate(ids)}, opts.say)
         failed = [t for t, state in states.items() if state not in ("COMPLETED",)]
     else:
         failed = _on_ray(worker, n, opts, proto)
     for task in failed:
-        opts.say(f"[red]worker {task} did not finish[/]; its trials so far are in the study")
+        opts.say(Text.assemble((f"worker {task} did not finish", "red"), "; its trials so far are in the study"))
     return _summaries(models, names, storage, results, opts) or (1 if failed else 0)
 
 
@@ -89,7 +81,7 @@ def _on_ray(worker: TuneWorker, n: int, opts: RunOptions, proto) -> list[str]:
     from bench.experiments.executors.ray import capacity, ray_session, remote
 
     ex = opts.executor
-    gpus, cpus = resources.gpus_per_run(ex, opts.device, proto), resources.cpus_per_run(ex, proto)
+    gpus, cpus = resources.gpus_per_run(ex, opts.run.device, proto), resources.cpus_per_run(ex, proto)
     with ray_session(opts) as ray:
         opts.say(f"Ray: {capacity(ray, gpus, cpus)}")
         refs = [remote(ray, ray_tune, gpus, cpus).remote(worker) for _ in range(n)]
@@ -110,19 +102,9 @@ def _summaries(models: list[str], names: list[str], storage: str, results, opts:
     code = 0
     for model, name in zip(models, names, strict=True):
         study = optuna.load_study(study_name=name, storage=store)
-        counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-        line = (f"{model}: study [bold]{name}[/]: {len(study.trials)} trials "
-                f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if complete:
-            best = study.best_trial
-            line += f"; best: trial {best.number}, lr {best.params['lr']:.4g}, validation DSC {best.value:.4f}"
-        else:
-            line += "; no completed trial yet"
+        opts.say(summary(study, model))
+        if best_trial(study) is None:
             code = 1
-        opts.say(line)
         outputs = write_outputs(study, study_dir(results, name), display_url(storage))
         opts.say(f"  trials table and plots: {', '.join(str(p) for p in outputs)}")
     return code

@@ -73,9 +73,10 @@ def warnings_quiet():
 
 def _journal(study: optuna.Study) -> JournalStorage | None:
     storage = study._storage
-    if not isinstance(storage, JournalStorage):  # Optuna may wrap a storage in a cache
-        storage = getattr(storage, "_backend", None)
-    return storage if isinstance(storage, JournalStorage) else None
+    if isinstance(storage, JournalStorage):
+        return storage
+    backend = getattr(storage, "_backend", None)  # Optuna may wrap a storage in a cache
+    return backend if isinstance(backend, JournalStorage) else None
 
 
 def touch(study: optuna.Study, trial: optuna.Trial) -> None:

@@ -17,6 +17,7 @@ import shutil
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,32 +26,39 @@ import numpy as np
 import optuna
 import torch
 from optuna.samplers import BaseSampler, TPESampler
+from rich.text import Text
 
 from bench.data.resolve import resolve_dataset
 from bench.data.synapse import Dataset
 from bench.engine.evaluation import evaluate_model
-from bench.engine.numerics import check_precision
+from bench.engine.header import describe_dataset, header
+from bench.engine.numerics import check_precision, threads
+from bench.engine.progress import Steps
 from bench.engine.results import CHECKPOINT, FINAL_WEIGHTS
-from bench.engine.runner import RunSpec
+from bench.engine.runs import RunSpec
 from bench.engine.tracking import Tracking
 from bench.engine.train import Diverged, Interrupted, Preempted, seed_everything, train
-from bench.engine.validation import held_out_view, mean_foreground
+from bench.engine.validation import Validator, held_out_view, mean_foreground
 from bench.env import pick_device
 from bench.errors import BenchError
 from bench.experiments.options import RunOptions
 from bench.experiments.preflight import check_models
 from bench.experiments.tune import liveness
 from bench.experiments.tune.studies import (
+    UNTRAINED,
+    best_trial,
     default_storage_url,
-    display_url,
     load_or_create_study,
     open_storage,
     study_dir,
     study_name,
+    summary,
 )
 from bench.files import write_json
+from bench.names import check_name
 from bench.protocol import Protocol
-from models import create_model, is_model, list_models
+from bench.urls import display_url
+from models import create_model, list_models, require_models
 
 SEARCHABLE = ("lr", "weight_decay", "batch_size")
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a preemption warning (SIGUSR1); a scheduler runs it again
@@ -116,30 +124,33 @@ class Search:
     preempted: bool = False  # the interruption was a scheduler's warning (SIGUSR1)
 
 
-class _Scorer:
-    """The ``on_iteration`` callback: validate at the interval and at the end, report, prune."""
-
-    def __init__(self, trial: optuna.Trial, model: torch.nn.Module, s: Search, protocol: Protocol,
-                 tracker: Tracking | None = None) -> None:
-        self.trial, self.model, self.s, self.protocol, self.tracker = trial, model, s, protocol, tracker
-        self.max_iter = protocol.max_iterations(len(s.view.train_slices))
-        self.interval = protocol.validation.interval or self.max_iter
-        self.score: float | None = None
-
-    def __call__(self, done: int) -> None:
-        if done % self.interval and done != self.max_iter:
-            return
-        metrics = evaluate_model(self.model, self.s.view, self.protocol.input_size, self.protocol.evaluation,
-                                 self.s.device)
-        score = mean_foreground(metrics, "dice")
+def _reporter(trial: optuna.Trial, max_iter: int) -> Callable[[int, float], None]:
+    """The Validator's ``on_score`` in a trial: a non-finite score fails it; report; prune before the end."""
+    def report(done: int, score: float) -> None:
         if not np.isfinite(score):
             raise RuntimeError(f"validation DSC is {score} at iteration {done} (no organ in the validation cases?)")
-        self.score = score
-        if self.tracker is not None:
-            self.tracker.log({"val/dice": score}, done)
-        self.trial.report(score, done)
-        if done < self.max_iter and self.trial.should_prune():
+        trial.report(score, done)
+        if done < max_iter and trial.should_prune():
             raise optuna.TrialPruned(f"validation DSC {score:.4f} at iteration {done}")
+
+    return report
+
+
+def batch_choices(p: Protocol) -> list[int]:
+    """The batch sizes ``--search batch_size`` tries: the protocol's ``tuning.batch_sizes``, else half,
+    the same as and double the protocol's."""
+    return p.tuning.batch_sizes or sorted({max(1, p.batch_size // 2), p.batch_size, 2 * p.batch_size})
+
+
+def space_text(p: Protocol, params: tuple[str, ...]) -> str:
+    """What a search tries, for its header: the LR range and every other searched parameter's values."""
+    t = p.tuning
+    parts = [f"lr {t.lr_min:g}..{t.lr_max:g} log-uniform"]
+    if "weight_decay" in params:
+        parts.append(f"weight decay {t.weight_decay_min:g}..{t.weight_decay_max:g} log-uniform")
+    if "batch_size" in params:
+        parts.append(f"batch size {', '.join(map(str, batch_choices(p)))} (a trial's LR is not scaled by its batch)")
+    return ", ".join(parts)
 
 
 def _suggest(trial: optuna.Trial, s: Search) -> tuple[float, Protocol]:
@@ -148,27 +159,51 @@ def _suggest(trial: optuna.Trial, s: Search) -> tuple[float, Protocol]:
     changes: dict = {}
     if "weight_decay" in s.params:
         wd = trial.suggest_float("weight_decay", t.weight_decay_min, t.weight_decay_max, log=True)
-        changes["optimizer"] = p.optimizer.model_dump() | {"weight_decay": wd}
+        changes["optimizer.weight_decay"] = wd
     if "batch_size" in s.params:
-        choices = t.batch_sizes or sorted({max(1, p.batch_size // 2), p.batch_size, 2 * p.batch_size})
-        changes["batch_size"] = trial.suggest_categorical("batch_size", choices)
-    return lr, p.override(**changes)
+        changes["batch_size"] = trial.suggest_categorical("batch_size", batch_choices(p))
+    return lr, p.derive(changes)
+
+
+def untrained_score(s: Search) -> float:
+    """The validation DSC of the model every trial starts from (seeded, before any training): the floor
+    a trial must beat to show that its LR trained anything (``studies.no_signal``)."""
+    seed_everything(s.protocol.seeds[0])
+    model = create_model(s.model, num_classes=s.view.num_classes, in_channels=s.view.channels,
+                         img_size=s.protocol.input_size).to(s.device)
+    metrics = evaluate_model(model, s.view, s.protocol.input_size, s.protocol.evaluation, s.device)
+    return mean_foreground(metrics, "dice")
+
+
+def _measure_floor(study: optuna.Study, s: Search, say) -> None:
+    """Once per study (a study made before this existed gets it on its next call)."""
+    if UNTRAINED in study.user_attrs:
+        return
+    score = untrained_score(s)
+    study.set_user_attr(UNTRAINED, score)
+    say(f"{s.model} untrained (seed {s.protocol.seeds[0]}): validation DSC {score:.4f}, the score a trial must beat")
+
+
+def _start_trial(s: Search, study: optuna.Study, trial: optuna.Trial) -> Path:
+    """A fresh trial folder, and the trial's host, worker and liveness attributes."""
+    run_dir = s.folder / f"trial{trial.number}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint must never carry over between trials
+    run_dir.mkdir(parents=True)
+    trial.set_user_attr("host", socket.gethostname())
+    if liveness.worker_id():
+        trial.set_user_attr("worker", liveness.worker_id())
+    liveness.touch(study, trial)  # before the inherited attributes of a retry can look stale
+    if trial.user_attrs.get("interrupted"):  # a retry inherits the failed trial's attributes
+        trial.set_user_attr("interrupted", False)
+        trial.set_user_attr("error", None)
+    return run_dir
 
 
 def _objective(s: Search, study: optuna.Study, progress, say):
     seed = s.protocol.seeds[0]  # every trial starts from the same weights and sees the same batches
 
     def objective(trial: optuna.Trial) -> float:
-        run_dir = s.folder / f"trial{trial.number}"
-        shutil.rmtree(run_dir, ignore_errors=True)  # a checkpoint must never carry over between trials
-        run_dir.mkdir(parents=True)
-        trial.set_user_attr("host", socket.gethostname())
-        if liveness.worker_id():
-            trial.set_user_attr("worker", liveness.worker_id())
-        liveness.touch(study, trial)  # before the inherited attributes of a retry can look stale
-        if trial.user_attrs.get("interrupted"):  # a retry inherits the failed trial's attributes
-            trial.set_user_attr("interrupted", False)
-            trial.set_user_attr("error", None)
+        run_dir = _start_trial(s, study, trial)
         record = {"study": s.study, "number": trial.number, "model": s.model, "seed": seed,
                   "protocol_hash": s.protocol.hash(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -185,13 +220,17 @@ def _objective(s: Search, study: optuna.Study, progress, say):
             seed_everything(seed)
             model = create_model(s.model, num_classes=s.view.num_classes, in_channels=s.view.channels,
                                  img_size=protocol.input_size)
-            scorer = _Scorer(trial, model, s, protocol, tracker)
+            # scores go to the trial folder's validation_log.csv and to the trial; the outcome line says the rest
+            validate = Validator(model, s.view, protocol, s.device, run_dir, tracker, say=lambda *_: None,
+                                 on_score=_reporter(trial, protocol.max_iterations(len(s.view.train_slices))),
+                                 progress=progress)
             label = f"{s.model} trial {trial.number} (lr {lr:.2e})"
             with liveness.heartbeat(study, trial):
-                train(model, s.view, protocol, seed, run_dir, lr, s.device, progress, label, say, on_iteration=scorer,
-                      tracker=tracker)
-            record.update(state="COMPLETE", value=scorer.score)
-            return scorer.score
+                train(model, s.view, protocol, seed, run_dir, lr, s.device, progress, label, say,
+                      on_iteration=validate, tracker=tracker)
+            assert validate.score is not None  # the Validator scores at the last iteration
+            record.update(state="COMPLETE", value=validate.score)
+            return validate.score
         except optuna.TrialPruned as e:
             record.update(state="PRUNED", error=str(e))
             raise
@@ -211,7 +250,7 @@ def _objective(s: Search, study: optuna.Study, progress, say):
             trial.set_user_attr("error", record["error"])
             raise
         finally:
-            tracker.close({"COMPLETE": "complete", "PRUNED": "pruned"}.get(record.get("state"), "failed"))
+            tracker.close({"COMPLETE": "complete", "PRUNED": "pruned"}.get(str(record.get("state")), "failed"))
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
             for name in (CHECKPOINT, CHECKPOINT + ".prev", FINAL_WEIGHTS):
                 (run_dir / name).unlink(missing_ok=True)  # keep the training log, not the weights
@@ -251,10 +290,11 @@ def describe(trial: optuna.trial.FrozenTrial) -> str:
 
 def search(study: optuna.Study, s: Search, n_trials: int, timeout: float | None, progress=None,
            say=print) -> None:
-    """Add up to ``n_trials`` trials (fewer if ``timeout`` seconds pass) to ``study``."""
+    """Add up to ``n_trials`` trials (fewer if ``timeout`` seconds pass) to ``study``; a bar over the trials."""
     def done(_study, trial) -> None:
         s.added += 1
         say(f"{s.model} {describe(trial)}")
+        trials.advance(f"trial {trial.number} {trial.state.name.lower()}")
         if trial.user_attrs.get("interrupted") and liveness.worker_id():
             liveness.retry(study, trial)  # a scheduled worker's trial is tried again, by any worker
         liveness.fail_stale(study, say)
@@ -262,7 +302,9 @@ def search(study: optuna.Study, s: Search, n_trials: int, timeout: float | None,
     s.folder.mkdir(parents=True, exist_ok=True)
     liveness.fail_stale(study, say)
     n_trials = liveness.owed(study, n_trials)  # a requeued worker adds only what it still owes
-    if n_trials:
+    if not n_trials:
+        return
+    with Steps(progress, f"{s.model} trials", n_trials, "trial", say) as trials:
         study.optimize(_objective(s, study, progress, say), n_trials=n_trials, timeout=timeout,
                        catch=(Exception,), gc_after_trial=True, callbacks=[done])
 
@@ -276,38 +318,12 @@ def parse_search(value: str) -> tuple[str, ...]:
     return names
 
 
-def _summary(s: Search, study: optuna.Study) -> str:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    line = (f"{s.model}: study [bold]{s.study}[/]: {s.added} trials added, {len(study.trials)} in the study "
-            f"({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})")
-    best = _best(study)
-    if best is None:
-        return line + "; no completed trial yet"
-    return line + f"; best: trial {best.number}, lr {best.params['lr']:.4g}, validation DSC {best.value:.4f}"
-
-
-def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
-def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: float | None = None,
-         search_space: str = "lr", lr_min: float | None = None, lr_max: float | None = None,
-         storage: str | None = None, studies: list[str] | None = None) -> int:
-    """Add ``n_trials`` trials to each model's study; returns the exit status.
-
-    Every model gets the same protocol, validation split and trial count (equal budgets).
-    Status 0 when every study has a completed trial, 1 otherwise, 130 when interrupted.
-    """
+def check_request(models: list[str], n_trials: int, timeout: float | None = None,
+                  studies: list[str] | None = None) -> None:
+    """The counts of a ``bench tune`` command; the model names are the registry's to check."""
     if not models:
         raise BenchError("give --model NAME or --models a,b,c; valid models: " + ", ".join(list_models()))
-    for m in models:
-        if not is_model(m):
-            raise BenchError(f"unknown model '{m}'; valid models: {', '.join(list_models())}")
+    require_models(models)  # the registry's UnknownModelError, before any data is generated
     if len(set(models)) != len(models):
         raise BenchError(f"a model is listed twice in '{','.join(models)}'")
     if n_trials < 1:
@@ -316,22 +332,38 @@ def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: fl
         raise BenchError(f"--timeout must be positive, got {timeout:g}")
     if studies and len(studies) != len(models):
         raise BenchError(f"--study names one study per model: {len(studies)} names for {len(models)} models")
+    for name in studies or []:
+        check_name(name, "--study", "study name")  # it names the study's folder under <results>/tune/
+
+
+def check_buildable(models: list[str], proto: Protocol, ds: Dataset) -> None:
+    """Every model exists (the registry's UnknownModelError) and builds for ``ds`` under ``proto``."""
+    check_models([(RunSpec(m, 0, proto.base_lr, "tuning"), proto) for m in models], ds)
+
+
+def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: float | None = None,
+         search_space: str = "lr", storage: str | None = None, studies: list[str] | None = None) -> int:
+    """Add ``n_trials`` trials to each model's study; returns the exit status.
+
+    Every model gets the same protocol, validation split and trial count (equal budgets).
+    Status 0 when every study has a completed trial, 1 otherwise, 130 when interrupted.
+    """
+    check_request(models, n_trials, timeout, studies)
     params = parse_search(search_space)
-    console, progress, results = opts.console, opts.progress, opts.results
-    proto = opts.load_protocol()
-    ranges = {k: v for k, v in (("lr_min", lr_min), ("lr_max", lr_max)) if v is not None}
-    proto = proto.override(iterations=opts.iterations, tuning=proto.tuning.model_dump() | ranges if ranges else None)
+    console, progress, results = opts.out, opts.progress(), opts.run.results
+    proto = opts.load_protocol()  # --lr-min / --lr-max arrive as --set tuning.lr_min=...
     ds = resolve_dataset(opts.dataset or "synthetic", say=console.print, data_root=opts.data_root, fold=opts.fold)
     view = held_out_view(ds, proto)  # the cases bench run validates on, too
     url = storage or default_storage_url(results)
-    dev = pick_device(opts.device)
+    dev = pick_device(opts.run.device)
     check_precision(proto.precision, dev)
-    check_models([(RunSpec(m, 0, proto.base_lr, "tuning"), proto) for m in models], ds)
-    t = proto.tuning
-    console.print(f"protocol [bold]{proto.name}[/] ({proto.hash()}), dataset [bold]{ds.name}[/]: training on "
-                  f"{len(view.train_slices)} slices, validating on {', '.join(view.test_cases)} (held-out "
-                  f"training cases; test cases untouched); lr {t.lr_min:g}..{t.lr_max:g} log-uniform, "
-                  f"{n_trials} more trials per model; storage {display_url(url)}; device {dev}")
+    check_buildable(models, proto, ds)
+    t, subset = proto.tuning, proto.evaluation.subset()
+    scored = f"; scored: {subset.replace('test case', 'validation case')}" if subset else ""
+    console.print(header(proto, describe_dataset(ds), dev, f"{t.lr_min:g}..{t.lr_max:g} log-uniform (searched)",
+                         f"training on {len(view.train_slices)} slices, validating on {', '.join(view.test_cases)} "
+                         f"(held-out training cases; test cases untouched{scored}), {n_trials} more "
+                         f"trial{'s' if n_trials != 1 else ''} per model, storage {display_url(url)}"))
     from bench.experiments.tune.outputs import write_outputs
 
     code = 0
@@ -339,23 +371,24 @@ def tune(models: list[str], opts: RunOptions, *, n_trials: int = 10, timeout: fl
         store = open_storage(url)
         for i, model in enumerate(models):
             name = studies[i] if studies else study_name(ds.name, model, proto)
-            s = Search(model, name, view, proto, study_dir(results, name), params, dev, track=tuple(opts.track),
+            s = Search(model, name, view, proto, study_dir(results, name), params, dev, track=opts.run.track,
                        results=results, dataset=ds.name)
             study = load_or_create_study(store, s.study, _attrs(s, ds), TrialSeededTPE(t.sampler_seed),
                                          make_pruner(proto))
             try:
-                with progress:
+                with progress, threads(proto, dev):  # on a CPU, the protocol's thread count, as a run
+                    _measure_floor(study, s, progress.console.print)
                     search(study, s, n_trials, timeout, progress, progress.console.print)
             except KeyboardInterrupt:
                 s.interrupted = True
             finally:
                 outputs = write_outputs(study, s.folder, display_url(url))
-            console.print(_summary(s, study))
+            console.print(summary(study, s.model, s.added))
             console.print(f"  trials table and plots: {', '.join(str(p) for p in outputs)}")
             if s.interrupted:
-                console.print("[yellow]interrupted[/]: the running trial is recorded as failed; run the same "
-                              "command again to add trials")
+                console.print(Text.assemble(("interrupted", "yellow"), ": the running trial is recorded as failed; "
+                                            "run the same command again to add trials"))
                 return EXIT_PREEMPTED if s.preempted else 130
-            if _best(study) is None:
+            if best_trial(study) is None:
                 code = 1
     return code

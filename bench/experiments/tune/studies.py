@@ -12,12 +12,13 @@ import re
 import time
 import warnings
 from pathlib import Path
-from urllib.parse import quote, unquote
+from typing import Any
 
 import optuna
 
 from bench.errors import BenchError
 from bench.protocol import Protocol
+from bench.urls import display_url, redact
 
 TUNE_DIR = "tune"
 DEFAULT_DB = "optuna.db"
@@ -35,52 +36,6 @@ def study_dir(results: Path, name: str) -> Path:
 
 def default_storage_url(results: Path) -> str:
     return f"sqlite:///{(Path(results) / TUNE_DIR / DEFAULT_DB).resolve()}"
-
-
-# query parameters whose values are secrets (libpq's password and sslpassword, tokens)
-SECRET_PARAMETERS = {"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key",
-                     "apikey"}
-
-
-def _split_secrets(url: str) -> tuple[str, str | None, str, str, str]:
-    """(scheme://user, password or None, @host/path, '?' or '', query) of a storage URL.
-
-    The password runs from the user's ':' to the *last* '@': a password may hold '@', '/' or '?'
-    that were not percent-encoded, and every character of it must stay hidden (an '@' in a query
-    value hides more than needed, never less).
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url, None, "", "", ""
-    at = rest.rfind("@")
-    user, colon, password = rest[:at].partition(":") if at >= 0 else ("", "", "")
-    head, tail = (f"{scheme}://{user}", rest[at:]) if colon else (f"{scheme}://", rest)
-    tail, q, query = tail.partition("?")
-    return head, password if colon else None, tail, q, query
-
-
-def display_url(url: str) -> str:
-    """The storage URL with its secrets hidden (the password of its user info, and password-like
-    query parameters), for messages and logs."""
-    head, password, tail, q, query = _split_secrets(url)
-    if q:
-        query = "&".join(f"{k}=***" if k.lower() in SECRET_PARAMETERS else k + eq + v
-                         for k, eq, v in (p.partition("=") for p in query.split("&")))
-    return head + (":***" if password is not None else "") + tail + q + query
-
-
-def redact(text: str, url: str) -> str:
-    """``text`` (an error message that may quote the URL) with every secret of ``url`` hidden."""
-    if not url:
-        return text
-    _, password, _, _, query = _split_secrets(url)
-    secrets = [password] if password else []
-    secrets += [v for k, _, v in (p.partition("=") for p in query.split("&")) if k.lower() in SECRET_PARAMETERS and v]
-    text = text.replace(url, display_url(url))
-    for secret in sorted(secrets, key=len, reverse=True):
-        for form in {secret, unquote(secret), quote(secret, safe="")}:
-            text = text.replace(form, "***")
-    return text
 
 
 def _retrying(what: str, fn, attempts: int = 6, url: str = ""):
@@ -121,7 +76,8 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         except OSError as e:
             raise BenchError(f"--storage {url}: cannot write the journal file {path} ({e.strerror})") from None
     if "://" not in url:
-        raise BenchError(f"--storage expects a URL (sqlite:///FILE, postgresql://..., journal:FILE), got '{url}'")
+        raise BenchError("--storage expects a URL (sqlite:///FILE, postgresql://..., journal:FILE), got "
+                         f"'{display_url(url)}'")
     kwargs: dict = {}
     if url.startswith("sqlite:"):
         path = Path(url.split(":///", 1)[-1]).expanduser()
@@ -130,7 +86,8 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise BenchError(f"--storage {url}: cannot create the folder {path.parent} ({e.strerror})") from None
+            raise BenchError(f"--storage {display_url(url)}: cannot create the folder {path.parent} "
+                             f"({e.strerror})") from None
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # wait for the other workers' writes
     try:
         with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
@@ -142,9 +99,9 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.BaseStorage:
                 retry_callback,
             )
 
+            options: dict[str, Any] = {STALE_CALLBACK_ARG: retry_callback(), **kwargs}
             return _retrying(f"storage {display_url(url)}", lambda: optuna.storages.RDBStorage(
-                url, heartbeat_interval=int(HEARTBEAT_SECONDS), grace_period=int(GRACE_SECONDS),
-                **{STALE_CALLBACK_ARG: retry_callback()}, **kwargs), url=url)
+                url, heartbeat_interval=int(HEARTBEAT_SECONDS), grace_period=int(GRACE_SECONDS), **options), url=url)
     except ImportError as e:
         raise BenchError(f"storage {display_url(url)} needs a database driver: {redact(str(e), url)} "
                          "(for PostgreSQL: pip install psycopg2-binary)") from None
@@ -188,12 +145,94 @@ def tuned_lr(storage_url: str, name: str, model: str, protocol: Protocol, say=pr
         best = study.best_trial
     except ValueError:
         raise BenchError(f"--lr tuned: study '{name}' has no completed trial yet") from None
+    reason = no_signal(study, best)
+    if reason:
+        raise BenchError(f"--lr tuned: study '{name}' has no signal: {reason}; no LR in it trained anything "
+                         "(give the trials more --iterations or another LR range, then tune again)")
+    weak = weak_signal(study, best)
+    if weak:
+        say(f"note: study '{name}': {weak}")
     if study.user_attrs.get("protocol_hash", protocol.hash()) != protocol.hash():
-        say(f"[yellow]note[/]: study '{name}' was tuned under protocol {study.user_attrs.get('protocol')} "
+        say(f"note: study '{name}' was tuned under protocol {study.user_attrs.get('protocol')} "
             f"({study.user_attrs.get('protocol_hash')}), this run uses {protocol.name} ({protocol.hash()})")
     other = {k: v for k, v in best.params.items() if k != "lr"}
     if other:
-        say(f"[yellow]note[/]: study '{name}' also tuned {other}; only its learning rate is applied")
+        say(f"note: study '{name}' also tuned {other}; only its learning rate is applied")
     return float(best.params["lr"]), f"study {name} trial {best.number}"
 
 
+# A study's user attribute: the validation DSC of the model every trial starts from (seeded, before any
+# training), measured once per study by ``bench tune``. A trial that scores no more than it learned nothing.
+UNTRAINED = "untrained_dsc"
+# Below this gain over the untrained model (one DSC point) a study's ranking of LRs is mostly noise.
+WEAK_GAIN = 0.01
+
+
+def _floor(study: optuna.Study) -> tuple[float, str]:
+    """The score a trial must beat, and its name (0 for a study made before the untrained model was measured)."""
+    floor = study.user_attrs.get(UNTRAINED)
+    if floor is None:
+        return 0.0, "0 (an empty prediction)"
+    return float(floor), f"the untrained model's {float(floor):.4f}"
+
+
+def no_signal(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str | None:
+    """Why the study's best trial shows no signal (its validation DSC is no better than the untrained
+    model's on the same cases, or 0), or None when it does."""
+    floor, what = _floor(study)
+    assert best.value is not None  # a completed trial
+    if best.value > floor and best.value > 0:
+        return None
+    return (f"its best trial ({best.number}, lr {best.params['lr']:.4g}) scored validation DSC {best.value:.4f}, "
+            f"no better than {what}")
+
+
+def weak_signal(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str | None:
+    """A note when the best trial beats the untrained model by less than ``WEAK_GAIN``."""
+    floor, what = _floor(study)
+    assert best.value is not None
+    if best.value - floor >= WEAK_GAIN or no_signal(study, best):
+        return None
+    return (f"weak signal: its best trial beats {what} by only {best.value - floor:.4f} validation DSC; "
+            "the LRs it tried are ranked mostly by noise")
+
+
+def signal(study: optuna.Study) -> str | None:
+    """``none``, ``weak`` or ``ok`` for a study with a completed trial (None without one)."""
+    best = best_trial(study)
+    if best is None:
+        return None
+    return "none" if no_signal(study, best) else "weak" if weak_signal(study, best) else "ok"
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The completed trial with the highest score, or None before any trial completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def summary(study: optuna.Study, model: str, added: int | None = None) -> str:
+    """One line on a study: its trials by state (``added`` of them by this process) and the best one."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    total = sum(counts.values())
+    trials = (f"{added} trial{'s' if added != 1 else ''} added, {total} in the study" if added is not None
+              else f"{total} trial{'s' if total != 1 else ''}")
+    line = (f"{model}: study {study.study_name}: {trials} "
+            f"({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))})")
+    best = best_trial(study)
+    if best is None:
+        return line + "; no completed trial yet"
+    reason = no_signal(study, best)
+    if reason:
+        return line + f"; no signal: {reason} (`bench run --lr tuned` refuses this study)"
+    line += f"; best: trial {best.number}, lr {best.params['lr']:.4g}, validation DSC {best.value:.4f}"
+    weak = weak_signal(study, best)
+    if weak:
+        return line + f" ({weak})"
+    if UNTRAINED in study.user_attrs:
+        return line + f" (untrained model: {float(study.user_attrs[UNTRAINED]):.4f})"
+    return line
