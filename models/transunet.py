@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -240,9 +240,26 @@ def _resize_pos_embed(posemb: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
     return torch.from_numpy(zoomed).reshape(1, grid[0] * grid[1], -1)
 
 
-def _google_r50(w: Mapping[str, np.ndarray], backbone: ResNetV2, get: Callable[..., torch.Tensor]
-                ) -> dict[str, torch.Tensor]:
-    """``backbone.*`` keys from the CNN part of a Google hybrid-ViT npz (``w``: prefix removed)."""
+class _GoogleNpz:
+    """A Google hybrid-ViT npz with its key prefix removed (``w``); ``get`` converts one array and notes
+    its key, ``unused`` lists the npz keys nothing asked for."""
+
+    def __init__(self, npz: Mapping[str, np.ndarray]):
+        self.prefix = _npz_prefix(npz)
+        self.w = {k[len(self.prefix):]: v for k, v in npz.items() if k.startswith(self.prefix)}
+        self.used: set[str] = set()
+
+    def get(self, key: str, kind: str = "") -> torch.Tensor:
+        self.used.add(key)
+        return _t(self.w[key], kind)
+
+    def unused(self) -> list[str]:
+        return sorted(self.prefix + k for k in self.w if k not in self.used)
+
+
+def _google_r50(weights: _GoogleNpz, backbone: ResNetV2) -> dict[str, torch.Tensor]:
+    """``backbone.*`` keys from the CNN part of a Google hybrid-ViT npz."""
+    w, get = weights.w, weights.get
     out = {"backbone.stem.conv.weight": get("conv_root/kernel", "conv"),
            "backbone.stem.norm.weight": get("gn_root/scale", "vector"),
            "backbone.stem.norm.bias": get("gn_root/bias", "vector")}
@@ -266,15 +283,8 @@ def google_r50_state(npz: Mapping[str, np.ndarray], backbone: ResNetV2
                      ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``backbone.*`` keys -> tensors from the CNN of a Google hybrid-ViT npz (``R50+ViT-B_16.npz``), and
     the npz keys left unused (the ViT's), for networks that take only the R50."""
-    prefix = _npz_prefix(npz)
-    w = {k[len(prefix):]: v for k, v in npz.items() if k.startswith(prefix)}
-    used: set[str] = set()
-
-    def get(key: str, kind: str = "") -> torch.Tensor:
-        used.add(key)
-        return _t(w[key], kind)
-
-    return _google_r50(w, backbone, get), sorted(prefix + k for k in w if k not in used)
+    weights = _GoogleNpz(npz)
+    return _google_r50(weights, backbone), weights.unused()
 
 
 def _npz_prefix(npz: Mapping[str, np.ndarray]) -> str:
@@ -288,15 +298,9 @@ def _npz_prefix(npz: Mapping[str, np.ndarray]) -> str:
 
 def google_vit_state(npz: Mapping[str, np.ndarray], model: TransUNet) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Our TransUNet keys -> tensors from a Google hybrid-ViT npz, and the npz keys left unused."""
-    prefix = _npz_prefix(npz)
-    w = {k[len(prefix):]: v for k, v in npz.items() if k.startswith(prefix)}
-    used: set[str] = set()
-
-    def get(key: str, kind: str = "") -> torch.Tensor:
-        used.add(key)
-        return _t(w[key], kind)
-
-    out = _google_r50(w, model.backbone, get)
+    weights = _GoogleNpz(npz)
+    w, get = weights.w, weights.get
+    out = _google_r50(weights, model.backbone)
     out["patch_embed.weight"] = get("embedding/kernel", "conv")
     out["patch_embed.bias"] = get("embedding/bias")
     out["pos_embed"] = _resize_pos_embed(get("Transformer/posembed_input/pos_embedding"), model.grid)
@@ -317,7 +321,7 @@ def google_vit_state(npz: Mapping[str, np.ndarray], model: TransUNet) -> tuple[d
         for r in (0, 1):
             out[f"{dst}mlp.fc{r + 1}.weight"] = get(f"{src}MlpBlock_3/Dense_{r}/kernel", "dense")
             out[f"{dst}mlp.fc{r + 1}.bias"] = get(f"{src}MlpBlock_3/Dense_{r}/bias")
-    return out, sorted(prefix + k for k in w if k not in used)
+    return out, weights.unused()
 
 
 def official_transunet_state(state: Mapping[str, torch.Tensor], model: TransUNet) -> dict[str, torch.Tensor]:
