@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.text import Text
 
 from bench.data.resolve import resolve_dataset
-from bench.engine.header import describe_dataset, header
+from bench.engine.header import describe_dataset, describe_lrs, header
 from bench.engine.results import check_writable, read_metrics, row_set
 from bench.engine.runs import RunSpec, lr_tag
 from bench.engine.train import Interrupted
@@ -85,20 +85,14 @@ def _model_lrs(models: list[str], items: list[str | float], proto, tuned: dict[s
 
 
 def lr_header(lrs: dict[str, list[Lr]], proto) -> str:
-    """The header's LR part: each distinct LR once, with where it came from (and the protocol's rule)."""
-    def one(value: float, source: str, tag: str) -> str:
-        if not tag and proto.lr_scaling != "none":
-            return f"{value:g} ({proto.lr_rule()}; {source})"
-        return f"{value:g} ({source})"
+    """The header's LR part: per --lr item, ``describe_lrs`` of every model's LR (the protocol's own LR
+    also names the protocol's rule), items joined by '; '."""
+    def source(value: float, where: str, tag: str) -> str:
+        return f"{proto.lr_rule()}; {where}" if not tag and proto.lr_scaling != "none" else where
 
-    columns = list(zip(*lrs.values(), strict=True))  # one tuple per --lr item: that LR of every model
-    parts = []
-    for column in columns:
-        if len(set(column)) == 1:
-            parts.append(one(*column[0]))
-        else:
-            parts.append(", ".join(f"{m} {one(*lr)}" for m, lr in zip(lrs, column, strict=True)))
-    return "; ".join(parts)
+    columns = zip(*lrs.values(), strict=True)  # one tuple per --lr item: that LR of every model
+    return "; ".join(describe_lrs((model, lr[0], source(*lr)) for model, lr in zip(lrs, column, strict=True))
+                     for column in columns)
 
 
 def sweep(models: list[str], opts: RunOptions, lr: str | None = None, weights: dict[str, str] | None = None,
